@@ -8,7 +8,8 @@ export MPLBACKEND=Agg PYTHONHASHSEED=0
 
 echo "== nbdev sync: nbdev-clean + nbdev-export must change nothing"
 nbdev-clean && nbdev-export || { echo "nbdev-clean/nbdev-export failed"; exit 1; }
-changes=$(git status --porcelain -- nbs gan_engine)
+# unstaged edits and untracked generated files both count (a clean clone has nothing staged)
+changes=$(git diff --name-only -- nbs gan_engine; git ls-files --others --exclude-standard -- nbs gan_engine)
 if [ -n "$changes" ]; then
   echo "Notebooks and package are out of sync (run nbdev-export and nbdev-clean, then commit):"
   echo "$changes"; git --no-pager diff --stat -- nbs gan_engine; exit 1
@@ -18,7 +19,7 @@ echo "== nbdev-test (all notebooks, flags: ${NBDEV_TEST_FLAGS:-slow})"
 nbdev-test --n-workers 2 --flags "${NBDEV_TEST_FLAGS:-slow}" --timing || { echo "nbdev-test failed"; exit 1; }
 
 echo "== pytest"
-python -m pytest tests -q -p no:cacheprovider
+python -m pytest tests -p no:cacheprovider
 rc=$?
 if [ $rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi
 exit $rc

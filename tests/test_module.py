@@ -1,0 +1,169 @@
+"GANModule: CPU fit smoke tests (pretrain -> adversarial, D cadence, ramp, EMA swap, resume, bf16, clipping)."
+import math
+import warnings
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio
+
+from gan_engine.data import GANDataModule
+from gan_engine.ema import EMACallback
+from gan_engine.module import GANModule, tiny_config, uses_discriminator
+
+SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+
+
+def trainer(max_steps, callbacks=(), **kw):
+    args = dict(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                callbacks=list(callbacks))
+    args.update(kw)
+    return L.Trainer(**args)
+
+
+def fit(cfg, max_steps, ckpt_path=None, callbacks=(), **kw):
+    L.seed_everything(cfg.Training.seed, verbose=False)
+    module = GANModule(cfg)
+    t = trainer(max_steps, callbacks, **kw)
+    t.fit(module, datamodule=GANDataModule(cfg), ckpt_path=ckpt_path)
+    return module, t
+
+
+class Steps(L.Callback):
+    "Records what each generator step did."
+    def __init__(self): self.rows = []
+    def on_train_batch_end(self, trainer, m, outputs, batch, batch_idx):
+        self.rows.append((m.g_step, m.d_step, trainer.global_step, float(trainer.callback_metrics["train/phase"])))
+
+
+@pytest.mark.parametrize("interval,pretrain,steps", [(1, 3, 9), (2, 0, 7), (4, 5, 14)])
+def test_discriminator_cadence_and_step_counts(interval, pretrain, steps):
+    cfg = tiny_config(SAMPLES, [f"Training.d_update_interval={interval}", f"Training.g_pretrain_steps={pretrain}",
+                                "Data.repeat=8"])
+    rec = Steps()
+    module, t = fit(cfg, steps, callbacks=[rec], check_val_every_n_epoch=1000)
+    assert module.g_step == steps == t.global_step  # Lightning's step counts generator steps only
+    assert module.d_step == math.ceil((steps - pretrain) / interval)
+    assert [r[3] for r in rec.rows] == [0.0] * pretrain + [1.0] * (steps - pretrain)
+    assert all(r[0] == r[2] for r in rec.rows)
+
+
+def test_generator_only_uses_automatic_optimisation_and_no_discriminator():
+    cfg = tiny_config(SAMPLES, ["Training.Losses.adv_loss_beta=0", "Data.repeat=4"])
+    assert not uses_discriminator(cfg)
+    module, t = fit(cfg, 5, check_val_every_n_epoch=1000)
+    assert module.automatic_optimization and module.discriminator is None
+    assert not any("discriminator" in k for k in module.state_dict())
+    assert module.g_step == t.global_step == 5
+    assert module.ema.num_updates == 5
+
+
+class WeightsAroundValidation(L.Callback):
+    "Training weights just before and just after each validation, and the weights validation saw."
+    def __init__(self): self.before, self.after, self.seen = [], [], []
+    def _w(self, m): return {k: v.detach().clone() for k, v in m.generator.state_dict().items()}
+    def on_train_batch_end(self, trainer, m, *a): self.last = self._w(m)
+    def on_validation_batch_start(self, trainer, m, *a): self.seen.append(self._w(m))
+    def on_train_epoch_end(self, trainer, m):
+        # runs after validation in the epoch loop; the EMA callback has restored the weights by now
+        self.before.append(self.last); self.after.append(self._w(m))
+
+
+def test_validation_uses_ema_and_restores_training_weights():
+    cfg = tiny_config(SAMPLES, ["Training.EMA.decay=0.5", "Training.EMA.use_num_updates=false"])
+    rec = WeightsAroundValidation()
+    module, t = fit(cfg, 6, callbacks=[rec])  # 3 batches per epoch: validation after steps 3 and 6
+    assert len(rec.before) == 2
+    for b, a in zip(rec.before, rec.after):
+        assert all(torch.equal(b[k], a[k]) for k in b)  # bit-for-bit restore
+    ema = module.ema.module.state_dict()
+    assert all(torch.equal(rec.seen[-1][k], ema[k]) for k in ema)  # validation saw the EMA weights
+    assert not all(torch.equal(rec.seen[-1][k], rec.before[-1][k]) for k in ema)  # which differ from live ones
+    # the logged PSNR is the EMA generator's PSNR on the fixed validation crops
+    dm = GANDataModule(cfg); dm.setup()
+    psnrs = []
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            out = module(batch["lr"]).clamp(0, 255)  # forward uses the EMA generator
+            psnrs += [peak_signal_noise_ratio(o[None], h[None], data_range=(0, 255)) for o, h in zip(out, batch["hr"])]
+    assert t.callback_metrics["val/psnr"].item() == pytest.approx(torch.stack(psnrs).mean().item(), rel=1e-5)
+    assert "val/psnr_bicubic" in t.callback_metrics and "val/ssim" in t.callback_metrics
+
+
+def _state(module):
+    return {"g": module.generator.state_dict(), "d": module.discriminator.state_dict(),
+            "ema": module.ema.module.state_dict(), "steps": (module.g_step, module.d_step, module.ema.num_updates)}
+
+
+# 3 batches per epoch. Inside an epoch, Lightning restarts a plain DataLoader from its first batch on
+# resume (the loader keeps no position), so batches repeat: a known limitation, kept visible here.
+@pytest.mark.parametrize("at", [6, 9, pytest.param(7, marks=pytest.mark.xfail(strict=True,
+                         reason="mid-epoch resume replays the epoch's first batches (plain DataLoader)"))])
+def test_resume_is_identical_to_one_run(tmp_path, at):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    cfg = tiny_config(SAMPLES, ["Training.g_pretrain_steps=4", "Training.d_update_interval=2"])
+    # every_n_train_steps counts generator steps, because global_step does
+    ckpt = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=at, save_top_k=-1, filename="{step}")
+    one, _ = fit(cfg, 12, callbacks=[ckpt], enable_checkpointing=True)
+    path = tmp_path / f"step={at}.ckpt"
+    torch.load(path, weights_only=True)  # checkpoints load without executing code
+    resumed, t2 = fit(cfg, 12, ckpt_path=path)
+    a, b = _state(one), _state(resumed)
+    assert a["steps"] == b["steps"] == (12, 4, 12)
+    assert t2.global_step == 12
+    for part in ("g", "d", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+
+
+def test_bf16_run_has_finite_losses():
+    cfg = tiny_config(SAMPLES, ["Training.g_pretrain_steps=2", "Data.repeat=4"])
+    losses = []
+    class Losses(L.Callback):
+        def on_train_batch_end(self, trainer, m, *a):
+            losses.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/loss")})
+    module, t = fit(cfg, 6, callbacks=[Losses()], precision="bf16-mixed", check_val_every_n_epoch=1000)
+    assert module.g_step == 6 and module.d_step == 4
+    assert all(math.isfinite(v) for row in losses for v in row.values())
+    assert "train/loss_d" in losses[-1]
+
+
+class ClipProbe(GANModule):
+    "Records gradient norms right after gan_engine's clipping."
+    norms = []
+    def on_before_optimizer_step(self, optimizer):
+        super().on_before_optimizer_step(optimizer)
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.norms.append((self._which(optimizer), torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()))
+
+
+def test_gradient_clipping_per_optimiser():
+    cfg = tiny_config(SAMPLES, ["Training.g_pretrain_steps=1", "Optimizers.gradient_clip_val_g=0.01",
+                                "Optimizers.gradient_clip_val_d=0.02", "Data.repeat=4"])
+    L.seed_everything(0, verbose=False)
+    ClipProbe.norms = []
+    m = ClipProbe(cfg)
+    trainer(4, check_val_every_n_epoch=1000).fit(m, datamodule=GANDataModule(cfg))
+    g = [n for w, n in ClipProbe.norms if w == "g"]; d = [n for w, n in ClipProbe.norms if w == "d"]
+    assert len(g) == 4 and len(d) == 3
+    assert max(g) <= 0.01 * 1.001 and max(d) <= 0.02 * 1.001
+
+
+def test_trainer_gradient_clip_val_is_translated_not_a_crash():
+    cfg = tiny_config(SAMPLES, ["Trainer.gradient_clip_val=0.5"])
+    assert cfg.Optimizers.gradient_clip_val == 0.5 and "gradient_clip_val" not in cfg.Trainer
+
+
+def test_predict_uses_ema_and_raw_on_request():
+    cfg = tiny_config(SAMPLES, ["Training.EMA.decay=0.5", "Training.EMA.use_num_updates=false", "Data.repeat=4"])
+    module, t = fit(cfg, 4, check_val_every_n_epoch=1000)
+    lr = torch.rand(2, 3, 8, 8) * 255
+    with torch.no_grad():
+        ema_out, raw_out = module(lr), module(lr, raw=True)
+        want = module.denormalise(module.ema.module(module.normalisers["lr"](lr)))
+    assert torch.allclose(ema_out, want) and not torch.allclose(ema_out, raw_out)
+    preds = t.predict(module, torch.utils.data.DataLoader([{"lr": lr}], batch_size=None))
+    assert torch.allclose(preds[0], ema_out, atol=1e-5)
