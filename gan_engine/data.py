@@ -9,7 +9,7 @@ __all__ = ['IMAGE_EXTENSIONS', 'DataError', 'dtype_value_range', 'probe_image', 
            'gaussian_blur', 'degrade', 'crop_position', 'augment', 'collate', 'SRDataset', 'split_files',
            'GANDataModule', 'bands_to_rgb']
 
-# %% ../nbs/01_data.ipynb #6626d10a
+# %% ../nbs/01_data.ipynb #9ef0a9d0
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -21,11 +21,11 @@ import lightning as L
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-# %% ../nbs/01_data.ipynb #c784f527
+# %% ../nbs/01_data.ipynb #d30969da
 class DataError(ValueError):
     "Bad input data; the message names the file or folder and the problem."
 
-# %% ../nbs/01_data.ipynb #7f31b942
+# %% ../nbs/01_data.ipynb #0cb5de6b
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy", ".tif", ".tiff")
 _PIL_DTYPES = {"I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I;16N": "uint16", "I": "int32", "F": "float32"}
 _PIL_BAND_NAMES = {"L": ["L"], "LA": ["L", "A"], "RGB": ["R", "G", "B"], "RGBA": ["R", "G", "B", "A"]}
@@ -40,7 +40,7 @@ def dtype_value_range(dtype) -> tuple[float, float]:
     if dt.kind == "f": return (0.0, 1.0)
     raise DataError(f"Expected an integer, bool or float image dtype but got {dt}")
 
-# %% ../nbs/01_data.ipynb #056d1106
+# %% ../nbs/01_data.ipynb #ff21145a
 def _pil_target_mode(im) -> str:
     "The Pillow mode an opened image is converted to before becoming an array."
     m = im.mode
@@ -74,7 +74,7 @@ def _tifffile():
         raise DataError("Reading .tif/.tiff files needs the optional package `tifffile`: pip install tifffile") from e
     return tifffile
 
-# %% ../nbs/01_data.ipynb #aa116e4a
+# %% ../nbs/01_data.ipynb #d97ff51b
 def probe_image(
     path,  # image file
 ) -> tuple[tuple[int, int, int], np.dtype]:
@@ -98,7 +98,7 @@ def probe_image(
     except Exception as e:
         raise DataError(f"Expected `{path}` to be a readable image file but could not read it: {type(e).__name__}: {e}") from e
 
-# %% ../nbs/01_data.ipynb #2be23f93
+# %% ../nbs/01_data.ipynb #77679a75
 def read_image(
     path,                             # image file: .png/.jpg/.jpeg (Pillow), .npy, .tif/.tiff (tifffile)
     value_range=None,                 # (low, high) meaning of the values; None = from the dtype
@@ -144,7 +144,7 @@ def read_image(
                 band_names=names, shape=tuple(out.shape))
     return out, meta
 
-# %% ../nbs/01_data.ipynb #3783ba21
+# %% ../nbs/01_data.ipynb #13dc33ac
 def list_images(
     folder,                                   # folder to scan (not recursive)
     extensions: Sequence[str] = IMAGE_EXTENSIONS,  # allowed file extensions (case-insensitive)
@@ -163,7 +163,7 @@ def list_images(
                         f"{', '.join(exts)} but found none")
     return files
 
-# %% ../nbs/01_data.ipynb #2a6cca94
+# %% ../nbs/01_data.ipynb #8b2542ac
 def gaussian_kernel1d(
     sigma: float,  # standard deviation in pixels (> 0)
 ) -> torch.Tensor:
@@ -190,7 +190,7 @@ def gaussian_blur(
     y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return y[0] if squeeze else y
 
-# %% ../nbs/01_data.ipynb #0446a1fc
+# %% ../nbs/01_data.ipynb #ba0da99f
 def degrade(
     hr: torch.Tensor,             # (C,H,W) or (B,C,H,W) float HR image; H and W divisible by `scale`
     scale: int,                   # integer downscaling factor
@@ -221,7 +221,7 @@ def degrade(
     if clip is not None: x = x.clamp(clip[0], clip[1])
     return x
 
-# %% ../nbs/01_data.ipynb #71bf3ef0
+# %% ../nbs/01_data.ipynb #8edfb195
 def crop_position(
     lr_hw: tuple[int, int],   # LR-grid (height, width) available
     patch: int,               # LR patch size
@@ -253,7 +253,7 @@ def augment(
         out[k] = t
     return out, ops
 
-# %% ../nbs/01_data.ipynb #c8e6d475
+# %% ../nbs/01_data.ipynb #639f5ddb
 _LIST_KEYS = ("meta", "prompt")
 
 def collate(
@@ -280,7 +280,7 @@ def collate(
         else: out[k] = list(vals)
     return out
 
-# %% ../nbs/01_data.ipynb #f89edbff
+# %% ../nbs/01_data.ipynb #fb625f83
 def _stem_map(files: Sequence[Path], key: str) -> dict[str, Path]:
     out = {}
     for f in files:
@@ -425,7 +425,7 @@ class SRDataset(Dataset):
         item = dict(lr=out["lr"].contiguous(), hr=out["hr"].contiguous(), meta=meta)
         return self.transform(item) if self.transform is not None else item
 
-# %% ../nbs/01_data.ipynb #b51948e4
+# %% ../nbs/01_data.ipynb #0988a385
 def _get(obj, name, default=None):
     "Attribute or mapping access on a config section."
     if obj is None: return default
@@ -452,7 +452,7 @@ def split_files(
     val = sorted(files[j] for j in perm[:n_val])
     return [f for f in files if f not in set(val)], val
 
-# %% ../nbs/01_data.ipynb #c612e8e1
+# %% ../nbs/01_data.ipynb #bf12271d
 class GANDataModule(L.LightningDataModule):
     "Lightning DataModule with training and validation SR loaders built from a Config."
     def __init__(self,
@@ -540,7 +540,7 @@ class GANDataModule(L.LightningDataModule):
         "Band count of the data."
         self.setup(); return self.train_dataset.bands
 
-# %% ../nbs/01_data.ipynb #a09f70ec
+# %% ../nbs/01_data.ipynb #b598e724
 def bands_to_rgb(
     x,                             # (C,H,W) tensor or array
     bands: Sequence[int] | None = None,  # three band indices for R,G,B; None = (0,1,2), or (0,0,0) for 1-2 bands

@@ -11,13 +11,13 @@ __all__ = ['BLOCK_TYPES', 'SCALES', 'RESIDUAL_MODES', 'check_image', 'check_divi
            'UNetGenerator', 'count_parameters', 'build_srresnet', 'build_esrgan', 'build_unet_generator',
            'build_generator']
 
-# %% ../nbs/03_generators.ipynb #e3d21383
+# %% ../nbs/03_generators.ipynb #a5fde7c5
 import math
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-# %% ../nbs/03_generators.ipynb #d74734e9
+# %% ../nbs/03_generators.ipynb #0e089c5e
 def check_image(x:torch.Tensor, # the tensor to check
                 bands:int, # the number of bands (channels) expected
                 name:str="x", # the argument name used in the message
@@ -69,7 +69,7 @@ def check_odd(value:int, # a kernel size
         raise ValueError(f"Expected `{name}` to be a positive odd integer but got {value}")
     return int(value)
 
-# %% ../nbs/03_generators.ipynb #db3ecdf5
+# %% ../nbs/03_generators.ipynb #06ee0fda
 def conv(in_channels:int, # input channels
          out_channels:int, # output channels
          kernel_size:int=3, # odd kernel size; padding keeps the spatial size (at stride 1)
@@ -96,7 +96,7 @@ class FiLM(nn.Module):
         gamma, beta = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
         return h * (1 + gamma) + beta
 
-# %% ../nbs/03_generators.ipynb #9ca738c0
+# %% ../nbs/03_generators.ipynb #92d264ad
 class StandardBlock(nn.Module):
     "SRResNet residual block: conv–BN–PReLU–conv–BN plus identity."
     def __init__(self,
@@ -209,7 +209,7 @@ class LKABlock(nn.Module):
         x = x + self.attn(x)
         return x + self.ffn(x)
 
-# %% ../nbs/03_generators.ipynb #2f4ac810
+# %% ../nbs/03_generators.ipynb #3d691ae6
 BLOCK_TYPES = ("standard", "res", "rcab", "rrdb", "lka")
 
 def make_block(block_type:str, # one of `BLOCK_TYPES`
@@ -228,7 +228,7 @@ def make_block(block_type:str, # one of `BLOCK_TYPES`
     if bt == "lka": return LKABlock(n_channels, kernel_size)
     raise ValueError(f"Expected `block_type` (Generator.block_type) to be one of {', '.join(BLOCK_TYPES)} but got {block_type!r}")
 
-# %% ../nbs/03_generators.ipynb #deabeee9
+# %% ../nbs/03_generators.ipynb #01edfa20
 SCALES = (1, 2, 3, 4, 8)
 
 def upsample_stages(scale:int, # the upscaling factor: 1, 2, 3, 4 or 8
@@ -278,7 +278,7 @@ class Upsampler(nn.Sequential):
                 ):
         super().__init__(*[PixelShuffleUp(n_channels, r, kernel_size, use_icnr) for r in upsample_stages(scale)])
 
-# %% ../nbs/03_generators.ipynb #2994e99b
+# %% ../nbs/03_generators.ipynb #14dc3c1e
 RESIDUAL_MODES = ("none", "nearest", "bilinear", "bicubic")
 
 class SRResNet(nn.Module):
@@ -325,6 +325,8 @@ class SRResNet(nn.Module):
         self.body_tail = nn.Sequential(*body_tail)
         self.upsample = Upsampler(n_channels, scaling_factor, small_kernel_size, use_icnr)
         self.tail = conv(n_channels, out_bands, large_kernel_size)
+        if global_residual != "none":  # start exactly at the interpolation and learn the residual from there
+            nn.init.zeros_(self.tail.weight); nn.init.zeros_(self.tail.bias)
 
     def forward(self,
                 x:torch.Tensor, # low-resolution input (B, in_bands, h, w)
@@ -345,7 +347,7 @@ class SRResNet(nn.Module):
             out = out + up
         return out
 
-# %% ../nbs/03_generators.ipynb #4655fe47
+# %% ../nbs/03_generators.ipynb #237d3fd4
 class _DoubleConv(nn.Sequential):
     "conv–LeakyReLU–conv–LeakyReLU."
     def __init__(self, cin, cout, k=3, stride=1):
@@ -404,17 +406,17 @@ class UNetGenerator(nn.Module):
             if self.dec_films is not None: h = self.dec_films[i](h, cond)
         return self.out(h)
 
-# %% ../nbs/03_generators.ipynb #4719a8a6
+# %% ../nbs/03_generators.ipynb #5271ced2
 def count_parameters(model:nn.Module, # any module
                      trainable_only:bool=True, # count only parameters with `requires_grad`
                     ) -> int:
     "Number of (trainable) parameters of `model`."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
-# %% ../nbs/03_generators.ipynb #3c3b9982
+# %% ../nbs/03_generators.ipynb #ef233d1d
 from .config import GENERATORS, ConfigError
 
-# %% ../nbs/03_generators.ipynb #67116296
+# %% ../nbs/03_generators.ipynb #8b45690c
 def _get(section, key, default=None):
     "Read `key` from a config section, `default` when the section does not have it."
     return getattr(section, key, default)
@@ -429,7 +431,7 @@ def _srresnet(cfg, block_type):
     in_bands, out_bands, cond_dim = _bands(cfg)
     return SRResNet(in_bands, out_bands, g.scaling_factor, block_type, g.n_channels, g.n_blocks, g.large_kernel_size,
                     g.small_kernel_size, g.growth_channels, g.res_scale, g.reduction, g.use_icnr,
-                    _get(g, "global_residual", "none") or "none", cond_dim)
+                    g.global_residual, cond_dim)
 
 @GENERATORS.register("srresnet")
 def build_srresnet(cfg, # a validated `Config` (see `gan_engine.config.load_config`)

@@ -5,6 +5,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
 export MPLBACKEND=Agg PYTHONHASHSEED=0
+# tiny test networks run fastest on one thread each (two test workers share the 2 cores)
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 echo "== nbdev sync: nbdev-clean + nbdev-export must change nothing"
 nbdev-clean && nbdev-export || { echo "nbdev-clean/nbdev-export failed"; exit 1; }
@@ -18,7 +20,7 @@ fi
 echo "== nbdev-test (all notebooks, flags: ${NBDEV_TEST_FLAGS:-slow})"
 nbdev-test --n-workers 2 --flags "${NBDEV_TEST_FLAGS:-slow}" --timing || { echo "nbdev-test failed"; exit 1; }
 
-echo "== pytest"
+echo "== pytest (browser test: ${GAN_ENGINE_BROWSER_TESTS:+on}${GAN_ENGINE_BROWSER_TESTS:-off; set GAN_ENGINE_BROWSER_TESTS=1 with Chromium installed})"
 python -m pytest tests -p no:cacheprovider
 rc=$?
 if [ $rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi

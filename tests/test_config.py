@@ -46,6 +46,8 @@ BAD = [
     ({"Optimizers": {"betas": [0.9]}}, "Optimizers.betas", "two numbers"),
     ({"Optimizers": {"gradient_clip_algorithm": "nrom"}}, "Optimizers.gradient_clip_algorithm", "did you mean 'norm'"),
     ({"Schedulers": {"decay": "step"}}, "Schedulers.decay", "'plateau', 'cosine', 'none'"),
+    ({"Schedulers": {"decay": "cosine"}, "Training": {"max_steps": -1}}, "Schedulers.decay", "needs Training.max_steps > 0"),
+    ({"Schedulers": {"decay": "cosine", "g_warmup_steps": 50}, "Training": {"max_steps": 40}}, "Schedulers.g_warmup_steps", "must end before"),
     ({"Callbacks": {"checkpoint": {"mode": "maximum"}}}, "Callbacks.checkpoint.mode", "did you mean 'max'"),
     ({"Logging": {"logger": "wanb"}}, "Logging.logger", "did you mean 'wandb'"),
     ({"Logging": {"display_bands": [0, 1, 7]}}, "Logging.display_bands", "band indices in [0, 2]"),
