@@ -9,7 +9,7 @@ __all__ = ['IMAGE_EXTENSIONS', 'DataError', 'dtype_value_range', 'probe_image', 
            'gaussian_blur', 'degrade', 'crop_position', 'augment', 'collate', 'SRDataset', 'split_files',
            'GANDataModule', 'bands_to_rgb']
 
-# %% ../nbs/01_data.ipynb #9ef0a9d0
+# %% ../nbs/01_data.ipynb #713c5a04
 import math
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -21,11 +21,11 @@ import lightning as L
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-# %% ../nbs/01_data.ipynb #d30969da
+# %% ../nbs/01_data.ipynb #0c02c152
 class DataError(ValueError):
     "Bad input data; the message names the file or folder and the problem."
 
-# %% ../nbs/01_data.ipynb #0cb5de6b
+# %% ../nbs/01_data.ipynb #ab7bd609
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy", ".tif", ".tiff")
 _PIL_DTYPES = {"I;16": "uint16", "I;16L": "uint16", "I;16B": "uint16", "I;16N": "uint16", "I": "int32", "F": "float32"}
 _PIL_BAND_NAMES = {"L": ["L"], "LA": ["L", "A"], "RGB": ["R", "G", "B"], "RGBA": ["R", "G", "B", "A"]}
@@ -40,7 +40,7 @@ def dtype_value_range(dtype) -> tuple[float, float]:
     if dt.kind == "f": return (0.0, 1.0)
     raise DataError(f"Expected an integer, bool or float image dtype but got {dt}")
 
-# %% ../nbs/01_data.ipynb #ff21145a
+# %% ../nbs/01_data.ipynb #14befafa
 def _pil_target_mode(im) -> str:
     "The Pillow mode an opened image is converted to before becoming an array."
     m = im.mode
@@ -74,7 +74,7 @@ def _tifffile():
         raise DataError("Reading .tif/.tiff files needs the optional package `tifffile`: pip install tifffile") from e
     return tifffile
 
-# %% ../nbs/01_data.ipynb #d97ff51b
+# %% ../nbs/01_data.ipynb #7f3a9b85
 def probe_image(
     path,  # image file
 ) -> tuple[tuple[int, int, int], np.dtype]:
@@ -98,7 +98,7 @@ def probe_image(
     except Exception as e:
         raise DataError(f"Expected `{path}` to be a readable image file but could not read it: {type(e).__name__}: {e}") from e
 
-# %% ../nbs/01_data.ipynb #77679a75
+# %% ../nbs/01_data.ipynb #89083cd5
 def read_image(
     path,                             # image file: .png/.jpg/.jpeg (Pillow), .npy, .tif/.tiff (tifffile)
     value_range=None,                 # (low, high) meaning of the values; None = from the dtype
@@ -144,7 +144,7 @@ def read_image(
                 band_names=names, shape=tuple(out.shape))
     return out, meta
 
-# %% ../nbs/01_data.ipynb #13dc33ac
+# %% ../nbs/01_data.ipynb #84de73fa
 def list_images(
     folder,                                   # folder to scan (not recursive)
     extensions: Sequence[str] = IMAGE_EXTENSIONS,  # allowed file extensions (case-insensitive)
@@ -163,7 +163,7 @@ def list_images(
                         f"{', '.join(exts)} but found none")
     return files
 
-# %% ../nbs/01_data.ipynb #8b2542ac
+# %% ../nbs/01_data.ipynb #ae9d6755
 def gaussian_kernel1d(
     sigma: float,  # standard deviation in pixels (> 0)
 ) -> torch.Tensor:
@@ -190,7 +190,7 @@ def gaussian_blur(
     y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
     return y[0] if squeeze else y
 
-# %% ../nbs/01_data.ipynb #ba0da99f
+# %% ../nbs/01_data.ipynb #daf346e7
 def degrade(
     hr: torch.Tensor,             # (C,H,W) or (B,C,H,W) float HR image; H and W divisible by `scale`
     scale: int,                   # integer downscaling factor
@@ -221,7 +221,7 @@ def degrade(
     if clip is not None: x = x.clamp(clip[0], clip[1])
     return x
 
-# %% ../nbs/01_data.ipynb #8edfb195
+# %% ../nbs/01_data.ipynb #6c03078e
 def crop_position(
     lr_hw: tuple[int, int],   # LR-grid (height, width) available
     patch: int,               # LR patch size
@@ -253,7 +253,7 @@ def augment(
         out[k] = t
     return out, ops
 
-# %% ../nbs/01_data.ipynb #639f5ddb
+# %% ../nbs/01_data.ipynb #325ce2de
 _LIST_KEYS = ("meta", "prompt")
 
 def collate(
@@ -280,7 +280,7 @@ def collate(
         else: out[k] = list(vals)
     return out
 
-# %% ../nbs/01_data.ipynb #fb625f83
+# %% ../nbs/01_data.ipynb #3ed4beac
 def _stem_map(files: Sequence[Path], key: str) -> dict[str, Path]:
     out = {}
     for f in files:
@@ -425,13 +425,7 @@ class SRDataset(Dataset):
         item = dict(lr=out["lr"].contiguous(), hr=out["hr"].contiguous(), meta=meta)
         return self.transform(item) if self.transform is not None else item
 
-# %% ../nbs/01_data.ipynb #0988a385
-def _get(obj, name, default=None):
-    "Attribute or mapping access on a config section."
-    if obj is None: return default
-    if isinstance(obj, Mapping): return obj.get(name, default)
-    return getattr(obj, name, default)
-
+# %% ../nbs/01_data.ipynb #f5e35d45
 def split_files(
     files: Sequence[Path],  # all files (any order; sorted before splitting)
     val_fraction: float,    # fraction held out for validation, 0 <= f < 1
@@ -452,7 +446,7 @@ def split_files(
     val = sorted(files[j] for j in perm[:n_val])
     return [f for f in files if f not in set(val)], val
 
-# %% ../nbs/01_data.ipynb #bf12271d
+# %% ../nbs/01_data.ipynb #b1b59621
 class GANDataModule(L.LightningDataModule):
     "Lightning DataModule with training and validation SR loaders built from a Config."
     def __init__(self,
@@ -464,59 +458,47 @@ class GANDataModule(L.LightningDataModule):
         self.val_dataset: SRDataset | None = None
 
     def _dataset(self, files, lr_dir, train: bool, key: str, lr_key: str) -> SRDataset:
-        d, cfg = self.cfg.Data, self.cfg
-        deg = _get(d, "degradation")
-        vr = _get(d, "value_range")
-        return SRDataset(files, scale=_get(d, "scale", 4), lr_patch_size=_get(d, "lr_patch_size", 32), lr_dir=lr_dir,
-            train=train, in_bands=_get(cfg.Model, "in_bands"),
-            extensions=_get(d, "extensions") or IMAGE_EXTENSIONS, value_range=vr,
-            band_names=_get(d, "band_names"), allow_nonfinite=bool(_get(d, "allow_nonfinite", False)),
-            augment={k: bool(_get(_get(d, "augment"), k, True)) for k in ("hflip", "vflip", "rot90")},
-            blur_sigma=float(_get(deg, "blur_sigma", 0.0) or 0.0),
-            noise_std=float(_get(deg, "noise_std", 0.0) or 0.0), antialias=bool(_get(deg, "antialias", True)),
-            seed=int(_get(_get(cfg, "Training"), "seed", 0) or 0),
-            repeat=int(_get(d, "repeat", 1) or 1) if train else 1, key=key, lr_key=lr_key)
+        d, deg = self.cfg.Data, self.cfg.Data.degradation
+        return SRDataset(files, scale=d.scale, lr_patch_size=d.lr_patch_size, lr_dir=lr_dir, train=train,
+            in_bands=self.cfg.Model.in_bands, extensions=d.extensions, value_range=d.value_range,
+            band_names=d.band_names, allow_nonfinite=d.allow_nonfinite, augment=d.augment.to_dict(),
+            blur_sigma=deg.blur_sigma, noise_std=deg.noise_std, antialias=deg.antialias,
+            seed=self.cfg.Training.seed, repeat=d.repeat if train else 1, key=key, lr_key=lr_key)
 
     def setup(self, stage: str | None = None):
         "Build the datasets (once); checks every file header."
         if self.train_dataset is not None: return
         d = self.cfg.Data
-        exts = _get(d, "extensions") or IMAGE_EXTENSIONS
-        train_files = list_images(_get(d, "train_dir"), exts, "Data.train_dir")
-        val_dir = _get(d, "val_dir")
-        if val_dir is not None:
-            val_files, val_lr, val_key, val_lr_key = (list_images(val_dir, exts, "Data.val_dir"),
-                                                      _get(d, "val_lr_dir"), "Data.val_dir", "Data.val_lr_dir")
+        train_files = list_images(d.train_dir, d.extensions, "Data.train_dir")
+        if d.val_dir is not None:
+            val_files, val_lr, val_key, val_lr_key = (list_images(d.val_dir, d.extensions, "Data.val_dir"),
+                                                      d.val_lr_dir, "Data.val_dir", "Data.val_lr_dir")
         else:
-            seed = int(_get(_get(self.cfg, "Training"), "seed", 0) or 0)
-            train_files, val_files = split_files(train_files, float(_get(d, "val_fraction", 0.1) or 0.0), seed)
-            val_lr, val_key, val_lr_key = _get(d, "train_lr_dir"), "Data.train_dir", "Data.train_lr_dir"
-        self.train_dataset = self._dataset(train_files, _get(d, "train_lr_dir"), True, "Data.train_dir",
-                                           "Data.train_lr_dir")
+            train_files, val_files = split_files(train_files, d.val_fraction, self.cfg.Training.seed)
+            val_lr, val_key, val_lr_key = d.train_lr_dir, "Data.train_dir", "Data.train_lr_dir"
+        self.train_dataset = self._dataset(train_files, d.train_lr_dir, True, "Data.train_dir", "Data.train_lr_dir")
         self.val_dataset = (self._dataset(val_files, val_lr, False, val_key, val_lr_key) if val_files else None)
         if self.val_dataset is not None and self.val_dataset.value_range != self.train_dataset.value_range:
             raise DataError(f"Expected validation images to share the training value range "
                             f"{self.train_dataset.value_range} but got {self.val_dataset.value_range}; set Data.value_range")
 
     def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
-        d = self.cfg.Data
-        nw = int(_get(d, "num_workers", 0) or 0)
+        nw = self.cfg.Data.num_workers
         kw = dict(num_workers=nw, collate_fn=collate, pin_memory=torch.cuda.is_available())
         if nw > 0:
             kw["persistent_workers"] = True
-            pf = _get(d, "prefetch_factor")
-            if pf is not None: kw["prefetch_factor"] = int(pf)
+            if self.cfg.Data.prefetch_factor is not None: kw["prefetch_factor"] = self.cfg.Data.prefetch_factor
         return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) >= batch_size, **kw)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self.train_dataset, int(_get(self.cfg.Data, "train_batch_size", 8)), True)
+        return self._loader(self.train_dataset, self.cfg.Data.train_batch_size, True)
 
     def val_dataloader(self):
         "Validation loader (fixed order, fixed samples); [] when there is no validation set."
         self.setup()
         if self.val_dataset is None: return []
-        return self._loader(self.val_dataset, int(_get(self.cfg.Data, "val_batch_size", 8)), False)
+        return self._loader(self.val_dataset, self.cfg.Data.val_batch_size, False)
 
     @property
     def value_range(self) -> tuple[float, float]:
@@ -540,7 +522,7 @@ class GANDataModule(L.LightningDataModule):
         "Band count of the data."
         self.setup(); return self.train_dataset.bands
 
-# %% ../nbs/01_data.ipynb #b598e724
+# %% ../nbs/01_data.ipynb #170ce8d6
 def bands_to_rgb(
     x,                             # (C,H,W) tensor or array
     bands: Sequence[int] | None = None,  # three band indices for R,G,B; None = (0,1,2), or (0,0,0) for 1-2 bands

@@ -9,14 +9,14 @@ __all__ = ['NORMS', 'sn', 'make_norm', 'Projection', 'StandardDiscriminator', 'P
            'build_standard_discriminator', 'build_patchgan_discriminator', 'build_unet_discriminator',
            'build_discriminator']
 
-# %% ../nbs/04_discriminators.ipynb #c3cc0b48
+# %% ../nbs/04_discriminators.ipynb #336c0526
 import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 from .generators import check_image, check_divisible, check_cond, count_parameters
 
-# %% ../nbs/04_discriminators.ipynb #81f51113
+# %% ../nbs/04_discriminators.ipynb #51bbc77d
 NORMS = ("batch", "instance", "none")
 
 def sn(module:nn.Module, # a layer with a `weight` (conv, linear)
@@ -49,7 +49,7 @@ class Projection(nn.Module):
         if feat.ndim == 4: e = e[:, :, None, None]
         return (e * feat).sum(dim=1, keepdim=True)
 
-# %% ../nbs/04_discriminators.ipynb #e3c78bf4
+# %% ../nbs/04_discriminators.ipynb #7101a6e2
 def _in_check(x, bands, min_size=1, why=""):
     check_image(x, bands, "x", "the discriminator's in_bands, Model.out_bands")
     h, w = x.shape[-2], x.shape[-1]
@@ -106,7 +106,7 @@ class StandardDiscriminator(nn.Module):
         if self.proj is not None: logits = logits + self.proj(hidden, cond)
         return (logits, feats) if return_features else logits
 
-# %% ../nbs/04_discriminators.ipynb #c76709dc
+# %% ../nbs/04_discriminators.ipynb #6b57c221
 class PatchGANDiscriminator(nn.Module):
     "PatchGAN discriminator: one logit per image patch, `(B, 1, H // 2**n_layers, W // 2**n_layers)`."
     def __init__(self,
@@ -151,7 +151,7 @@ class PatchGANDiscriminator(nn.Module):
         if self.proj is not None: logits = logits + self.proj(h, cond)
         return (logits, feats) if return_features else logits
 
-# %% ../nbs/04_discriminators.ipynb #b85327c7
+# %% ../nbs/04_discriminators.ipynb #60701fb9
 class UNetDiscriminator(nn.Module):
     "Real-ESRGAN-style U-Net discriminator with spectral norm: per-pixel logits `(B, 1, H, W)`."
     def __init__(self,
@@ -203,16 +203,14 @@ class UNetDiscriminator(nn.Module):
         if self.proj is not None: logits = logits + self.proj(h, cond)
         return (logits, feats) if return_features else logits
 
-# %% ../nbs/04_discriminators.ipynb #46a879eb
+# %% ../nbs/04_discriminators.ipynb #ddbcfed3
 from .config import DISCRIMINATORS
 
-# %% ../nbs/04_discriminators.ipynb #d43e6673
+# %% ../nbs/04_discriminators.ipynb #5484a4a3
 def _d_common(cfg, default_blocks, default_sn):
-    m, d = cfg.Model, cfg.Discriminator
-    bands = m.in_bands if getattr(m, "out_bands", None) is None else m.out_bands
-    n = getattr(d, "n_blocks", None)
-    sn_ = getattr(d, "use_spectral_norm", None)
-    return bands, (default_blocks if n is None else n), (default_sn if sn_ is None else bool(sn_)), (getattr(m, "cond_dim", 0) or 0)
+    m, d = cfg.Model, cfg.Discriminator  # null n_blocks / use_spectral_norm mean "this model's default"
+    return (m.out_bands, default_blocks if d.n_blocks is None else d.n_blocks,
+            default_sn if d.use_spectral_norm is None else d.use_spectral_norm, m.cond_dim)
 
 @DISCRIMINATORS.register("standard")
 def build_standard_discriminator(cfg, # a validated `Config` (see `gan_engine.config.load_config`)

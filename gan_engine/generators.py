@@ -11,13 +11,13 @@ __all__ = ['BLOCK_TYPES', 'SCALES', 'RESIDUAL_MODES', 'check_image', 'check_divi
            'UNetGenerator', 'count_parameters', 'build_srresnet', 'build_esrgan', 'build_unet_generator',
            'build_generator']
 
-# %% ../nbs/03_generators.ipynb #a5fde7c5
+# %% ../nbs/03_generators.ipynb #e2c8713b
 import math
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-# %% ../nbs/03_generators.ipynb #0e089c5e
+# %% ../nbs/03_generators.ipynb #c0b33dc4
 def check_image(x:torch.Tensor, # the tensor to check
                 bands:int, # the number of bands (channels) expected
                 name:str="x", # the argument name used in the message
@@ -69,7 +69,7 @@ def check_odd(value:int, # a kernel size
         raise ValueError(f"Expected `{name}` to be a positive odd integer but got {value}")
     return int(value)
 
-# %% ../nbs/03_generators.ipynb #06ee0fda
+# %% ../nbs/03_generators.ipynb #5a619e24
 def conv(in_channels:int, # input channels
          out_channels:int, # output channels
          kernel_size:int=3, # odd kernel size; padding keeps the spatial size (at stride 1)
@@ -96,7 +96,7 @@ class FiLM(nn.Module):
         gamma, beta = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
         return h * (1 + gamma) + beta
 
-# %% ../nbs/03_generators.ipynb #92d264ad
+# %% ../nbs/03_generators.ipynb #2c21edc2
 class StandardBlock(nn.Module):
     "SRResNet residual block: conv–BN–PReLU–conv–BN plus identity."
     def __init__(self,
@@ -209,7 +209,7 @@ class LKABlock(nn.Module):
         x = x + self.attn(x)
         return x + self.ffn(x)
 
-# %% ../nbs/03_generators.ipynb #3d691ae6
+# %% ../nbs/03_generators.ipynb #9e61281f
 BLOCK_TYPES = ("standard", "res", "rcab", "rrdb", "lka")
 
 def make_block(block_type:str, # one of `BLOCK_TYPES`
@@ -228,7 +228,7 @@ def make_block(block_type:str, # one of `BLOCK_TYPES`
     if bt == "lka": return LKABlock(n_channels, kernel_size)
     raise ValueError(f"Expected `block_type` (Generator.block_type) to be one of {', '.join(BLOCK_TYPES)} but got {block_type!r}")
 
-# %% ../nbs/03_generators.ipynb #01edfa20
+# %% ../nbs/03_generators.ipynb #1e6008bb
 SCALES = (1, 2, 3, 4, 8)
 
 def upsample_stages(scale:int, # the upscaling factor: 1, 2, 3, 4 or 8
@@ -278,7 +278,7 @@ class Upsampler(nn.Sequential):
                 ):
         super().__init__(*[PixelShuffleUp(n_channels, r, kernel_size, use_icnr) for r in upsample_stages(scale)])
 
-# %% ../nbs/03_generators.ipynb #14dc3c1e
+# %% ../nbs/03_generators.ipynb #68a3805a
 RESIDUAL_MODES = ("none", "nearest", "bilinear", "bicubic")
 
 class SRResNet(nn.Module):
@@ -347,7 +347,7 @@ class SRResNet(nn.Module):
             out = out + up
         return out
 
-# %% ../nbs/03_generators.ipynb #237d3fd4
+# %% ../nbs/03_generators.ipynb #ee5825bb
 class _DoubleConv(nn.Sequential):
     "conv–LeakyReLU–conv–LeakyReLU."
     def __init__(self, cin, cout, k=3, stride=1):
@@ -406,25 +406,20 @@ class UNetGenerator(nn.Module):
             if self.dec_films is not None: h = self.dec_films[i](h, cond)
         return self.out(h)
 
-# %% ../nbs/03_generators.ipynb #5271ced2
+# %% ../nbs/03_generators.ipynb #6b092a82
 def count_parameters(model:nn.Module, # any module
                      trainable_only:bool=True, # count only parameters with `requires_grad`
                     ) -> int:
     "Number of (trainable) parameters of `model`."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
-# %% ../nbs/03_generators.ipynb #ef233d1d
+# %% ../nbs/03_generators.ipynb #be87cb8d
 from .config import GENERATORS, ConfigError
 
-# %% ../nbs/03_generators.ipynb #8b45690c
-def _get(section, key, default=None):
-    "Read `key` from a config section, `default` when the section does not have it."
-    return getattr(section, key, default)
-
+# %% ../nbs/03_generators.ipynb #4def602f
 def _bands(cfg):
-    m = cfg.Model
-    out = _get(m, "out_bands")
-    return m.in_bands, (m.in_bands if out is None else out), (_get(m, "cond_dim", 0) or 0)
+    m = cfg.Model  # validated: out_bands is filled from in_bands when not given
+    return m.in_bands, m.out_bands, m.cond_dim
 
 def _srresnet(cfg, block_type):
     g = cfg.Generator

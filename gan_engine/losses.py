@@ -12,7 +12,7 @@ __all__ = ['MS_SSIM_BETAS', 'VGG19_BLOCKS', 'VGG19_CHANNELS', 'VGG19_LAYERS', 'I
            'gradient_penalty', 'r1_penalty', 'R1Penalty', 'feature_matching_loss', 'adversarial_weight',
            'GeneratorLoss', 'DiscriminatorLoss']
 
-# %% ../nbs/05_losses.ipynb #e39c11fb
+# %% ../nbs/05_losses.ipynb #7c5bf4ea
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,7 +25,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
-# %% ../nbs/05_losses.ipynb #bfeee4b8
+# %% ../nbs/05_losses.ipynb #0e4413c6
 def check_pair(sr: torch.Tensor, # generated image (B, C, H, W)
                hr: torch.Tensor, # target image (B, C, H, W)
                names: tuple = ("sr", "hr"), # names of the two inputs in error messages
@@ -53,7 +53,7 @@ def _reduce(loss_map: torch.Tensor, weight=None) -> torch.Tensor:
     den = w.sum()
     return (loss_map * w).sum() / den.clamp_min(torch.finfo(den.dtype).tiny)
 
-# %% ../nbs/05_losses.ipynb #30bd552c
+# %% ../nbs/05_losses.ipynb #07cbf593
 def l1_loss(sr: torch.Tensor, # generated image (B, C, H, W)
             hr: torch.Tensor, # target image (B, C, H, W)
             weight: torch.Tensor | None = None, # optional weight map / mask (B, 1, H, W)
@@ -79,7 +79,7 @@ def charbonnier_loss(sr: torch.Tensor, # generated image (B, C, H, W)
     check_pair(sr, hr); _check_weight(weight, sr)
     return _reduce(torch.sqrt((sr - hr).square() + eps * eps) - eps, weight)
 
-# %% ../nbs/05_losses.ipynb #7f641160
+# %% ../nbs/05_losses.ipynb #697f6d10
 MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 def _ssim_sigma(win: int) -> float:
@@ -120,7 +120,7 @@ def ms_ssim_loss(sr: torch.Tensor, # generated image (B, C, H, W)
     return 1 - multiscale_structural_similarity_index_measure(
         _f32(sr), _f32(hr), sigma=sigma, kernel_size=win, data_range=max_val, betas=tuple(betas), normalize="relu")
 
-# %% ../nbs/05_losses.ipynb #3bc88cad
+# %% ../nbs/05_losses.ipynb #3e72246f
 def spectral_angle(sr: torch.Tensor, # generated image (B, C, H, W)
                    hr: torch.Tensor, # target image (B, C, H, W)
                    eps: float = 1e-8, # vectors with a norm at most this count as zero (angle 0)
@@ -142,14 +142,14 @@ def sam_loss(sr: torch.Tensor, # generated image (B, C, H, W)
     check_pair(sr, hr); _check_weight(weight, sr)
     return _reduce(spectral_angle(sr, hr, eps), weight)
 
-# %% ../nbs/05_losses.ipynb #008401b2
+# %% ../nbs/05_losses.ipynb #f1c607c9
 def tv_loss(x: torch.Tensor, # image (B, C, H, W)
            ) -> torch.Tensor:
     "Anisotropic total variation: mean |vertical diff| + mean |horizontal diff|."
     if x.ndim != 4: raise ValueError(f"Expected `x` to be a 4D tensor (B, C, H, W) but got shape {tuple(x.shape)}")
     return (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean() + (x[:, :, :, 1:] - x[:, :, :, :-1]).abs().mean()
 
-# %% ../nbs/05_losses.ipynb #f34a3aa1
+# %% ../nbs/05_losses.ipynb #6ddff1a7
 VGG19_BLOCKS = (2, 2, 4, 4, 4)      # convolutions per block
 VGG19_CHANNELS = (64, 128, 256, 512, 512)
 VGG19_LAYERS = tuple(f"relu{b + 1}_{i + 1}" for b, n in enumerate(VGG19_BLOCKS) for i in range(n))
@@ -200,7 +200,7 @@ class VGG19Features(nn.Module):
             if name in self.pool_after and name != self.names[-1]: x = F.max_pool2d(x, 2)
         return out
 
-# %% ../nbs/05_losses.ipynb #8ed56441
+# %% ../nbs/05_losses.ipynb #03b4adf9
 def load_vgg19_weights(model: VGG19Features, # extractor to fill (only its layers are needed in the file)
                        path: str | Path | None, # local state_dict file (Training.Losses.perceptual_weights)
                       ) -> VGG19Features:
@@ -228,7 +228,7 @@ def load_vgg19_weights(model: VGG19Features, # extractor to fill (only its layer
     model.load_state_dict({k: sd[k] for k in own})
     return model
 
-# %% ../nbs/05_losses.ipynb #c71bd42f
+# %% ../nbs/05_losses.ipynb #bd2e483c
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_PERCEPTUAL_LAYERS = {"relu1_2": 0.1, "relu2_2": 0.1, "relu3_4": 1.0, "relu4_4": 1.0, "relu5_4": 1.0}
@@ -285,7 +285,7 @@ class PerceptualLoss(nn.Module):
         dist = F.l1_loss if self.distance == "l1" else F.mse_loss
         return sum(w * dist(fs[k], fh[k]) for k, w in self.layer_weights.items())
 
-# %% ../nbs/05_losses.ipynb #e6a665da
+# %% ../nbs/05_losses.ipynb #7a2515ea
 ADV_LOSS_TYPES = ("bce", "lsgan", "hinge", "wasserstein")
 
 class AdversarialLoss(nn.Module):
@@ -336,7 +336,7 @@ class AdversarialLoss(nn.Module):
         if self.loss_type == "lsgan": return (fake_logits - 1).square().mean()
         return -fake_logits.mean()
 
-# %% ../nbs/05_losses.ipynb #c58a54bb
+# %% ../nbs/05_losses.ipynb #14f4f8cc
 def _logits(out): return out[0] if isinstance(out, (tuple, list)) else out
 
 def gradient_penalty(d_fn, # callable x -> logits (e.g. `lambda x: D(x, cond)`); a (logits, feats) tuple is fine
@@ -382,7 +382,7 @@ class R1Penalty:
         "Scaled penalty `interval * r1_penalty(...)` (call only when `due`)."
         return self.interval * r1_penalty(real_logits, real, self.gamma)
 
-# %% ../nbs/05_losses.ipynb #58347b0d
+# %% ../nbs/05_losses.ipynb #51e83c5e
 def feature_matching_loss(real_feats: Sequence[torch.Tensor], # D features of real images (detached here)
                           fake_feats: Sequence[torch.Tensor], # D features of generated images
                          ) -> torch.Tensor:
@@ -393,7 +393,7 @@ def feature_matching_loss(real_feats: Sequence[torch.Tensor], # D features of re
         if r.shape != f.shape: raise ValueError(f"Expected feature {i} of real and fake to have the same shape but got {tuple(r.shape)} and {tuple(f.shape)}")
     return sum(F.l1_loss(f, r.detach()) for r, f in zip(real_feats, fake_feats)) / len(real_feats)
 
-# %% ../nbs/05_losses.ipynb #5636dbb1
+# %% ../nbs/05_losses.ipynb #5d630aac
 def adversarial_weight(g_step: int, # generator step (0-based)
                        pretrain_steps: int, # Training.g_pretrain_steps (0 = no pretraining)
                        ramp_steps: int, # Training.adv_loss_ramp_steps (0 = jump to beta)
@@ -409,7 +409,7 @@ def adversarial_weight(g_step: int, # generator step (0-based)
     p = (t + 1) / ramp_steps
     return float(beta) * (p if schedule == "linear" else 0.5 * (1 - math.cos(math.pi * p)))
 
-# %% ../nbs/05_losses.ipynb #d8039ec2
+# %% ../nbs/05_losses.ipynb #18f3884e
 _REC_TERMS = ("l1", "mse", "charbonnier", "ssim", "ms_ssim", "sam", "tv", "perceptual")
 
 def _losses_section(cfg):
@@ -461,7 +461,7 @@ class GeneratorLoss(nn.Module):
         keys = ["l1_weight", "mse_weight", "charbonnier_weight", "ssim_weight", "ms_ssim_weight", "sam_weight",
                 "tv_weight", "perceptual_weight", "feature_matching_weight", "perceptual_weights", "perceptual_layers",
                 "perceptual_bands", "perceptual_metric", "max_val", "ssim_win", "charbonnier_eps", "adv_loss_type"]
-        return cls(**{k: L[k] for k in keys if k in L}, relativistic=L.get("relativistic_average_d", False))
+        return cls(**{k: L[k] for k in keys}, relativistic=L["relativistic_average_d"])
 
     def _term(self, name, sr, hr, weight):
         if name == "l1": return l1_loss(sr, hr, weight)
@@ -523,7 +523,7 @@ class GeneratorLoss(nn.Module):
             total = total + a; terms.update(t)
         return total, terms
 
-# %% ../nbs/05_losses.ipynb #1e80bc1c
+# %% ../nbs/05_losses.ipynb #8af79a54
 class DiscriminatorLoss(nn.Module):
     "D GAN loss + gradient penalty (wasserstein) + lazy R1; returns (total, terms)."
     def __init__(self,
@@ -544,9 +544,8 @@ class DiscriminatorLoss(nn.Module):
                    ) -> "DiscriminatorLoss":
         "Build from `cfg.Training.Losses` and `cfg.Training.label_smoothing`."
         L = _losses_section(cfg)
-        return cls(L.get("adv_loss_type", "bce"), L.get("relativistic_average_d", False),
-                   getattr(cfg.Training, "label_smoothing", False), L.get("gp_weight", 10.0),
-                   L.get("r1_gamma", 0.0), L.get("r1_interval", 1))
+        return cls(L["adv_loss_type"], L["relativistic_average_d"], cfg.Training.label_smoothing, L["gp_weight"],
+                   L["r1_gamma"], L["r1_interval"])
 
     def r1_due(self, d_step: int, # discriminator step counter (0-based)
               ) -> bool:

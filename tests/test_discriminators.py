@@ -263,9 +263,8 @@ def test_build_reads_keys():
 
 def test_builders_fill_model_defaults_for_null():
     "`null` n_blocks / use_spectral_norm give each model its own default."
-    cfg = SimpleNamespace(Model=SimpleNamespace(in_bands=3, out_bands=None, cond_dim=0),
-                          Discriminator=SimpleNamespace(n_blocks=None, use_spectral_norm=None, base_channels=4,
-                                                        linear_size=8, norm="batch"))
+    cfg = load_config({"Discriminator": {"base_channels": 4, "linear_size": 8}})
+    assert cfg.Discriminator.n_blocks is None and cfg.Discriminator.use_spectral_norm is None
     assert len(build_standard_discriminator(cfg).blocks) == 8
     p = build_patchgan_discriminator(cfg)
     assert p.n_layers == 3 and not any(hasattr(m, "parametrizations") for m in p.modules())
