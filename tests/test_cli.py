@@ -16,7 +16,7 @@ TINY = ["Generator.n_channels=8", "Generator.n_blocks=1", "Discriminator.base_ch
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, ):
+def trained(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
     import os
     cwd = os.getcwd(); os.chdir(ROOT)
