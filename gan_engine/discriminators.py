@@ -9,14 +9,14 @@ __all__ = ['NORMS', 'sn', 'make_norm', 'Projection', 'StandardDiscriminator', 'P
            'build_standard_discriminator', 'build_patchgan_discriminator', 'build_unet_discriminator',
            'build_discriminator']
 
-# %% ../nbs/04_discriminators.ipynb #336c0526
+# %% ../nbs/04_discriminators.ipynb #bcd25f51
 import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 from .generators import check_image, check_divisible, check_cond, count_parameters
 
-# %% ../nbs/04_discriminators.ipynb #51bbc77d
+# %% ../nbs/04_discriminators.ipynb #428009b2
 NORMS = ("batch", "instance", "none")
 
 def sn(module:nn.Module, # a layer with a `weight` (conv, linear)
@@ -49,7 +49,7 @@ class Projection(nn.Module):
         if feat.ndim == 4: e = e[:, :, None, None]
         return (e * feat).sum(dim=1, keepdim=True)
 
-# %% ../nbs/04_discriminators.ipynb #7101a6e2
+# %% ../nbs/04_discriminators.ipynb #054e3e6b
 def _in_check(x, bands, min_size=1, why=""):
     check_image(x, bands, "x", "the discriminator's in_bands, Model.out_bands")
     h, w = x.shape[-2], x.shape[-1]
@@ -106,7 +106,7 @@ class StandardDiscriminator(nn.Module):
         if self.proj is not None: logits = logits + self.proj(hidden, cond)
         return (logits, feats) if return_features else logits
 
-# %% ../nbs/04_discriminators.ipynb #6b57c221
+# %% ../nbs/04_discriminators.ipynb #823dc7f2
 class PatchGANDiscriminator(nn.Module):
     "PatchGAN discriminator: one logit per image patch, `(B, 1, H // 2**n_layers, W // 2**n_layers)`."
     def __init__(self,
@@ -151,7 +151,7 @@ class PatchGANDiscriminator(nn.Module):
         if self.proj is not None: logits = logits + self.proj(h, cond)
         return (logits, feats) if return_features else logits
 
-# %% ../nbs/04_discriminators.ipynb #60701fb9
+# %% ../nbs/04_discriminators.ipynb #8ff571e6
 class UNetDiscriminator(nn.Module):
     "Real-ESRGAN-style U-Net discriminator with spectral norm: per-pixel logits `(B, 1, H, W)`."
     def __init__(self,
@@ -203,10 +203,10 @@ class UNetDiscriminator(nn.Module):
         if self.proj is not None: logits = logits + self.proj(h, cond)
         return (logits, feats) if return_features else logits
 
-# %% ../nbs/04_discriminators.ipynb #ddbcfed3
+# %% ../nbs/04_discriminators.ipynb #8b94a565
 from .config import DISCRIMINATORS
 
-# %% ../nbs/04_discriminators.ipynb #5484a4a3
+# %% ../nbs/04_discriminators.ipynb #48621af9
 def _d_common(cfg, default_blocks, default_sn):
     m, d = cfg.Model, cfg.Discriminator  # null n_blocks / use_spectral_norm mean "this model's default"
     return (m.out_bands, default_blocks if d.n_blocks is None else d.n_blocks,
@@ -238,8 +238,4 @@ def build_unet_discriminator(cfg, # a validated `Config` (see `gan_engine.config
 def build_discriminator(cfg, # a validated `Config` (see `gan_engine.config.load_config`)
              ) -> nn.Module:
     "Build the discriminator named by `Discriminator.model_type` (a registered name or an import path) from `cfg`."
-    net = DISCRIMINATORS.get(cfg.Discriminator.model_type)(cfg)
-    if not isinstance(net, nn.Module):
-        raise TypeError(f"Expected the discriminator builder for {cfg.Discriminator.model_type!r} to return a "
-                        f"torch.nn.Module but got {type(net).__name__}")
-    return net
+    return DISCRIMINATORS.build(cfg.Discriminator.model_type, cfg, expected=nn.Module)

@@ -11,13 +11,13 @@ __all__ = ['BLOCK_TYPES', 'SCALES', 'RESIDUAL_MODES', 'check_image', 'check_divi
            'UNetGenerator', 'count_parameters', 'build_srresnet', 'build_esrgan', 'build_unet_generator',
            'build_generator']
 
-# %% ../nbs/03_generators.ipynb #e2c8713b
+# %% ../nbs/03_generators.ipynb #90c62e30
 import math
 import torch
 from torch import nn
 import torch.nn.functional as F
 
-# %% ../nbs/03_generators.ipynb #c0b33dc4
+# %% ../nbs/03_generators.ipynb #90fb580a
 def check_image(x:torch.Tensor, # the tensor to check
                 bands:int, # the number of bands (channels) expected
                 name:str="x", # the argument name used in the message
@@ -69,7 +69,7 @@ def check_odd(value:int, # a kernel size
         raise ValueError(f"Expected `{name}` to be a positive odd integer but got {value}")
     return int(value)
 
-# %% ../nbs/03_generators.ipynb #5a619e24
+# %% ../nbs/03_generators.ipynb #e4881399
 def conv(in_channels:int, # input channels
          out_channels:int, # output channels
          kernel_size:int=3, # odd kernel size; padding keeps the spatial size (at stride 1)
@@ -96,7 +96,7 @@ class FiLM(nn.Module):
         gamma, beta = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
         return h * (1 + gamma) + beta
 
-# %% ../nbs/03_generators.ipynb #2c21edc2
+# %% ../nbs/03_generators.ipynb #4981fb5b
 class StandardBlock(nn.Module):
     "SRResNet residual block: conv–BN–PReLU–conv–BN plus identity."
     def __init__(self,
@@ -209,7 +209,7 @@ class LKABlock(nn.Module):
         x = x + self.attn(x)
         return x + self.ffn(x)
 
-# %% ../nbs/03_generators.ipynb #9e61281f
+# %% ../nbs/03_generators.ipynb #b79b62ca
 BLOCK_TYPES = ("standard", "res", "rcab", "rrdb", "lka")
 
 def make_block(block_type:str, # one of `BLOCK_TYPES`
@@ -228,7 +228,7 @@ def make_block(block_type:str, # one of `BLOCK_TYPES`
     if bt == "lka": return LKABlock(n_channels, kernel_size)
     raise ValueError(f"Expected `block_type` (Generator.block_type) to be one of {', '.join(BLOCK_TYPES)} but got {block_type!r}")
 
-# %% ../nbs/03_generators.ipynb #1e6008bb
+# %% ../nbs/03_generators.ipynb #da8e6c0d
 SCALES = (1, 2, 3, 4, 8)
 
 def upsample_stages(scale:int, # the upscaling factor: 1, 2, 3, 4 or 8
@@ -278,7 +278,7 @@ class Upsampler(nn.Sequential):
                 ):
         super().__init__(*[PixelShuffleUp(n_channels, r, kernel_size, use_icnr) for r in upsample_stages(scale)])
 
-# %% ../nbs/03_generators.ipynb #68a3805a
+# %% ../nbs/03_generators.ipynb #c07fff64
 RESIDUAL_MODES = ("none", "nearest", "bilinear", "bicubic")
 
 class SRResNet(nn.Module):
@@ -347,7 +347,7 @@ class SRResNet(nn.Module):
             out = out + up
         return out
 
-# %% ../nbs/03_generators.ipynb #ee5825bb
+# %% ../nbs/03_generators.ipynb #084c38b9
 class _DoubleConv(nn.Sequential):
     "conv–LeakyReLU–conv–LeakyReLU."
     def __init__(self, cin, cout, k=3, stride=1):
@@ -406,17 +406,17 @@ class UNetGenerator(nn.Module):
             if self.dec_films is not None: h = self.dec_films[i](h, cond)
         return self.out(h)
 
-# %% ../nbs/03_generators.ipynb #6b092a82
+# %% ../nbs/03_generators.ipynb #fb2514d9
 def count_parameters(model:nn.Module, # any module
                      trainable_only:bool=True, # count only parameters with `requires_grad`
                     ) -> int:
     "Number of (trainable) parameters of `model`."
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
-# %% ../nbs/03_generators.ipynb #be87cb8d
+# %% ../nbs/03_generators.ipynb #ee9138be
 from .config import GENERATORS, ConfigError
 
-# %% ../nbs/03_generators.ipynb #4def602f
+# %% ../nbs/03_generators.ipynb #b0b2d43b
 def _bands(cfg):
     m = cfg.Model  # validated: out_bands is filled from in_bands when not given
     return m.in_bands, m.out_bands, m.cond_dim
@@ -455,8 +455,4 @@ def build_unet_generator(cfg, # a validated `Config` (see `gan_engine.config.loa
 def build_generator(cfg, # a validated `Config` (see `gan_engine.config.load_config`)
              ) -> nn.Module:
     "Build the generator named by `Generator.model_type` (a registered name or an import path) from `cfg`."
-    net = GENERATORS.get(cfg.Generator.model_type)(cfg)
-    if not isinstance(net, nn.Module):
-        raise TypeError(f"Expected the generator builder for {cfg.Generator.model_type!r} to return a torch.nn.Module "
-                        f"but got {type(net).__name__}")
-    return net
+    return GENERATORS.build(cfg.Generator.model_type, cfg, expected=nn.Module)
