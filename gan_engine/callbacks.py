@@ -17,59 +17,13 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional.image import spectral_angle_mapper
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from .config import Config, ConfigError, Registry, did_you_mean, import_object, is_import_path
-from .ema import EMA_CHECKPOINT_KEY
+from .config import Config, ConfigError, ConfigWarning, Registry, did_you_mean, import_object, is_import_path
+from .checkpoint import EMA_KEY, WEIGHT_FORMATS, weight_paths, write_weight_files
 
 # %% auto #0
-__all__ = ['GENERATOR_SUFFIX', 'EMA_SUFFIX', 'EXTRA_VALIDATION', 'HEALTH_ACTIONS', 'weight_paths', 'generator_weights',
-           'write_weight_files', 'missing_metric_message', 'GANCheckpoint', 'checkpoint_callbacks', 'GANEarlyStopping',
-           'early_stopping_callback', 'ValidationHook', 'SpectralMetrics', 'extra_validation_callbacks',
-           'TrainingHealthWarning', 'TrainingHealth', 'build_callbacks']
-
-# %% ../nbs/09_callbacks.ipynb #ae786be4
-GENERATOR_SUFFIX = ".generator.pt"  # raw generator weights beside X.ckpt: X.generator.pt
-EMA_SUFFIX = ".generator_ema.pt"    # EMA generator weights beside X.ckpt: X.generator_ema.pt
-
-def weight_paths(ckpt:str|Path, # a checkpoint path `X.ckpt`
-                )->tuple[Path, Path]: # (`X.generator.pt`, `X.generator_ema.pt`)
-    "The raw and EMA generator weight files that belong to checkpoint `ckpt`."
-    p = Path(ckpt)
-    stem = p.name[:-len(".ckpt")] if p.name.endswith(".ckpt") else p.name
-    return p.with_name(stem + GENERATOR_SUFFIX), p.with_name(stem + EMA_SUFFIX)
-
-# %% ../nbs/09_callbacks.ipynb #63cc7382
-def generator_weights(checkpoint:Mapping, # a Lightning checkpoint dict (saved or loaded)
-                      prefix:str="generator", # the generator's attribute name in the LightningModule
-                     )->tuple[dict|None, dict|None]: # (raw, EMA) generator state_dicts on the CPU; None where absent
-    "The raw and EMA generator `state_dict`s held in a Lightning checkpoint dict."
-    sd, p = checkpoint.get("state_dict") or {}, prefix + "."
-    raw = {k[len(p):]: v.detach().cpu() for k, v in sd.items() if k.startswith(p)} or None
-    ema = checkpoint.get(EMA_CHECKPOINT_KEY)
-    ema = {k: v.detach().cpu() for k, v in ema["shadow"].items()} if ema is not None else None
-    return raw, ema
-
-def _atomic_save(obj, path:Path):
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # replaces a symlink at `path` rather than writing through it
-
-def _unlink(path:Path):
-    if os.path.lexists(path): os.remove(path)
-
-def write_weight_files(checkpoint:Mapping, # a Lightning checkpoint dict
-                       ckpt_path:str|Path, # where that checkpoint is (or will be) saved: `X.ckpt`
-                       prefix:str="generator", # the generator's attribute name in the LightningModule
-                      )->list[Path]: # the files written
-    "Write `X.generator.pt` and (when the checkpoint has EMA state) `X.generator_ema.pt` beside `X.ckpt`."
-    raw, ema = generator_weights(checkpoint, prefix)
-    if raw is None:
-        raise ValueError(f"Expected the checkpoint's `state_dict` to hold '{prefix}.*' entries (the generator) but got "
-                         f"{sorted({k.split('.')[0] for k in checkpoint.get('state_dict') or {}})}")
-    g, e = weight_paths(ckpt_path)
-    _atomic_save(raw, g)
-    if ema is not None: _atomic_save(ema, e); return [g, e]
-    _unlink(e)  # never leave an EMA file from an older checkpoint of the same name
-    return [g]
+__all__ = ['EXTRA_VALIDATION', 'HEALTH_ACTIONS', 'missing_metric_message', 'GANCheckpoint', 'checkpoint_callbacks',
+           'GANEarlyStopping', 'early_stopping_callback', 'ValidationHook', 'SpectralMetrics',
+           'extra_validation_callbacks', 'TrainingHealthWarning', 'TrainingHealth', 'build_callbacks']
 
 # %% ../nbs/09_callbacks.ipynb #3307db48
 def _check_choice(name, value, allowed):
@@ -108,6 +62,7 @@ class GANCheckpoint(ModelCheckpoint):
                  save_last:bool|str=True, # keep `last.ckpt`: True (a full copy), "link" or False
                  every_n_train_steps:int|None=None, # save every N training steps (= generator steps in gan_engine)
                  generator_attr:str="generator", # the LightningModule attribute holding the generator
+                 weights_format:str="pt", # generator weight files: pt | safetensors | both
                  config_key:str="Callbacks.checkpoint", # config section named in error messages
                  **kwargs, # any other `ModelCheckpoint` argument
                 ):
@@ -115,6 +70,7 @@ class GANCheckpoint(ModelCheckpoint):
         _check_int("save_top_k", save_top_k, -1)
         _check_choice("save_last", save_last, (True, False, None, "link"))
         _check_int("every_n_train_steps", every_n_train_steps, 1, nullable=True)
+        _check_choice("weights_format", weights_format, (*WEIGHT_FORMATS, "both"))
         if monitor is not None and not isinstance(monitor, str):
             raise ValueError(f"Expected `monitor` to be a metric name or None but got {monitor!r}")
         if monitor is None and save_top_k not in (-1, 0, 1):
@@ -122,7 +78,7 @@ class GANCheckpoint(ModelCheckpoint):
                              f"checkpoints) but got {save_top_k}")
         super().__init__(dirpath=dirpath, filename=filename, monitor=monitor, mode=mode, save_top_k=save_top_k,
                          save_last=save_last, every_n_train_steps=every_n_train_steps, **kwargs)
-        self.generator_attr, self.config_key = generator_attr, config_key
+        self.generator_attr, self.config_key, self.weights_format = generator_attr, config_key, weights_format
         self.refused: list[tuple[int, str]] = []  # (global step, reason) of every save refused
         self._saving, self._pending, self._verdict = False, None, None
 
@@ -201,24 +157,36 @@ class GANCheckpoint(ModelCheckpoint):
         if ckpt is None:  # weights-only checkpoints skip callbacks' on_save_checkpoint: read the module instead
             m = trainer.lightning_module
             ckpt = {"state_dict": m.state_dict()}
-            if getattr(m, "ema", None) is not None: ckpt[EMA_CHECKPOINT_KEY] = m.ema.state_dict()
-        write_weight_files(ckpt, filepath, prefix)
+            if getattr(m, "ema", None) is not None: ckpt[EMA_KEY] = m.ema.state_dict()
+        write_weight_files(ckpt, filepath, prefix, self.weights_format)
 
     def _link_checkpoint(self, trainer, filepath, linkpath):
         super()._link_checkpoint(trainer, filepath, linkpath)
         if not trainer.is_global_zero or os.path.abspath(filepath) == os.path.abspath(linkpath): return
-        for src, dst in zip(weight_paths(filepath), weight_paths(linkpath)):
-            _unlink(dst)
-            if not src.exists(): continue
-            try: os.symlink(os.path.relpath(src, dst.parent), dst)
-            except OSError: shutil.copy(src, dst)
+        for fmt in WEIGHT_FORMATS:
+            for src, dst in zip(weight_paths(filepath, fmt), weight_paths(linkpath, fmt)):
+                _unlink(dst)
+                if not src.exists(): continue
+                try: os.symlink(os.path.relpath(src, dst.parent), dst)
+                except OSError: shutil.copy(src, dst)
 
     def _remove_checkpoint(self, trainer, filepath):
         super()._remove_checkpoint(trainer, filepath)
         if trainer.is_global_zero:
-            for p in weight_paths(filepath): _unlink(p)
+            for fmt in WEIGHT_FORMATS:
+                for p in weight_paths(filepath, fmt): _unlink(p)
+
+def _unlink(path:Path):
+    if os.path.lexists(path): os.remove(path)
 
 # %% ../nbs/09_callbacks.ipynb #30da85a0
+def _safetensors_available()->bool:
+    try: import safetensors  # noqa: F401
+    except ImportError:
+        raise ConfigError("Callbacks.checkpoint.weights_format: safetensors files need the optional package "
+                          "`safetensors` (pip install safetensors), or use 'pt'") from None
+    return True
+
 def checkpoint_callbacks(cfg:Config, # validated config (`Callbacks.checkpoint`)
                          dirpath:str|Path, # the run's checkpoint folder (`<run>/checkpoints`)
                         )->list[GANCheckpoint]:
@@ -226,12 +194,14 @@ def checkpoint_callbacks(cfg:Config, # validated config (`Callbacks.checkpoint`)
     if cfg.Trainer.get("enable_checkpointing", True) is False: return []
     c, d = cfg.Callbacks.checkpoint, str(dirpath)
     safe = c.monitor.replace("/", "_")
+    if c.weights_format != "pt": _safetensors_available()
     cbs = [GANCheckpoint(d, filename=f"step={{step}}-{safe}={{{c.monitor}:.4f}}", monitor=c.monitor, mode=c.mode,
-                         save_top_k=c.save_top_k, save_last=True, auto_insert_metric_name=False)]
+                         save_top_k=c.save_top_k, save_last=True, auto_insert_metric_name=False,
+                         weights_format=c.weights_format)]
     if c.every_n_steps:
         cbs.append(GANCheckpoint(d, filename="periodic-step={step}", monitor=None, save_top_k=-1, save_last=False,
                                  every_n_train_steps=c.every_n_steps, auto_insert_metric_name=False,
-                                 config_key="Callbacks.checkpoint.every_n_steps"))
+                                 config_key="Callbacks.checkpoint.every_n_steps", weights_format=c.weights_format))
     return cbs
 
 # %% ../nbs/09_callbacks.ipynb #b6b23db5
@@ -388,6 +358,7 @@ class TrainingHealth(Callback):
     "Detect non-finite losses, a discriminator that wins completely and a stalled generator; warn, alert, log, or stop."
     loss_pattern = "train/loss*"  # logged losses checked for NaN/Inf (fnmatch pattern)
     d_real_key, d_fake_key, phase_key = "train/d_real", "train/d_fake", "train/phase"
+    grad_norm_prefix = "train/grad_norm_"  # gradient norms the module measured this step
 
     def __init__(self,
                  action:str="warn", # "warn" (report) or "stop" (report and stop training)
@@ -399,6 +370,7 @@ class TrainingHealth(Callback):
                  stall_tolerance:float=0.0, # least relative decrease of the window mean that is not a stall
                  stall_monitor:str="train/loss_g", # metric the stall check watches (lower is better)
                  alert:Callable|str|None=None, # alert(kind, message, step), or its import path
+                 grad_norm_limit:float|None=None, # report gradient norms above this (None: only non-finite ones)
                 ):
         _check_choice("action", action, HEALTH_ACTIONS)
         _check_int("every_n_steps", every_n_steps, 1)
@@ -409,12 +381,16 @@ class TrainingHealth(Callback):
                 raise ValueError(f"Expected `{n}` to be a probability in [0, 1] but got {v!r}")
         if isinstance(stall_tolerance, bool) or not isinstance(stall_tolerance, (int, float)) or not math.isfinite(stall_tolerance):
             raise ValueError(f"Expected `stall_tolerance` to be a finite number but got {stall_tolerance!r}")
+        if grad_norm_limit is not None and (isinstance(grad_norm_limit, bool) or not isinstance(grad_norm_limit, (int, float))
+                                            or not grad_norm_limit > 0):
+            raise ValueError(f"Expected `grad_norm_limit` to be a number > 0 or None but got {grad_norm_limit!r}")
         if not isinstance(stall_monitor, str) or not stall_monitor:
             raise ValueError(f"Expected `stall_monitor` to be a metric name but got {stall_monitor!r}")
         self.action, self.every_n_steps, self.d_win_steps = action, every_n_steps, d_win_steps
         self.d_real_threshold, self.d_fake_threshold = float(d_real_threshold), float(d_fake_threshold)
         self.stall_window, self.stall_tolerance, self.stall_monitor = stall_window, float(stall_tolerance), stall_monitor
         self.alert = _resolve_alert(alert)
+        self.grad_norm_limit = None if grad_norm_limit is None else float(grad_norm_limit)
         self.blocks_checkpoints = False  # set when training was stopped on a non-finite loss
         self._reset_state()
 
@@ -455,6 +431,18 @@ def observe(self,
                       + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
                       + ". Lower the learning rates, enable gradient clipping (Optimizers.gradient_clip_val) or "
                         "check the data for NaN/Inf (Data.allow_nonfinite)"))
+    # (a') gradient norms (present only on the steps the module measured them)
+    norms = {k: v for k, v in values.items() if k.startswith(self.grad_norm_prefix)}
+    bad = {k: v for k, v in norms.items() if not math.isfinite(v)}
+    if bad:
+        found.append(("nonfinite_gradients", f"non-finite gradient norm at generator step {step}: "
+                      + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+                      + ". Enable gradient clipping (Optimizers.gradient_clip_val) or lower the learning rates"))
+    big = {k: v for k, v in norms.items() if self.grad_norm_limit is not None and math.isfinite(v) and v > self.grad_norm_limit}
+    if big:
+        found.append(("exploding_gradients", f"gradient norm above {_fmt(self.grad_norm_limit)} at generator step {step}: "
+                      + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(big.items()))
+                      + ". Enable gradient clipping (Optimizers.gradient_clip_val) or lower the learning rates"))
     # (b) a discriminator that wins completely
     r, f = values.get(self.d_real_key), values.get(self.d_fake_key)
     if self.d_win_steps and check_d and r is not None and f is not None:
@@ -495,12 +483,18 @@ def _read(self, trainer, pl_module, outputs)->dict[str, float]:
     cm = trainer.callback_metrics
     watched = {self.d_real_key, self.d_fake_key, self.stall_monitor, self.phase_key}
     items = [(k, v) for k, v in cm.items() if k in watched or fnmatch.fnmatchcase(k, self.loss_pattern)]
+    if getattr(pl_module, "grad_norm_step", None) == trainer.global_step:  # gradient norms measured in this very step
+        items += [(self.grad_norm_prefix + w, v) for w, v in getattr(pl_module, "grad_norms", {}).items()]
     if isinstance(outputs, Mapping) and isinstance(outputs.get("loss"), torch.Tensor): items.append(("loss", outputs["loss"]))
     if not items: return {}
     dev = pl_module.device
     vec = torch.stack([torch.as_tensor(v).detach().float().reshape(-1)[0].to(dev) for _, v in items])
     if trainer.world_size > 1: vec = trainer.strategy.reduce(vec, reduce_op="mean")
-    return dict(zip([k for k, _ in items], vec.tolist()))
+    values = dict(zip([k for k, _ in items], vec.tolist()))
+    plan = getattr(pl_module, "plan", None)
+    if plan is not None and trainer.global_step > 0:  # the phase of the step that just ended, from the step plan
+        values[self.phase_key] = float(plan.adversarial_active(trainer.global_step - 1))
+    return values
 
 def _real_label(pl_module)->float:
     return float(getattr(getattr(getattr(pl_module, "d_loss", None), "adv", None), "real_label", 1.0))
@@ -518,7 +512,7 @@ def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
     if not found: return
     row = trainer.fit_loop.epoch_loop._batches_that_stepped  # the logger step of this batch's train/* metrics
     for kind, message in found: self._report(trainer, kind, message, step, row)
-    if self.action == "stop": self._stop(trainer, nonfinite=any(k == "nonfinite_loss" for k, _ in found))
+    if self.action == "stop": self._stop(trainer, nonfinite=any(k in ("nonfinite_loss", "nonfinite_gradients") for k, _ in found))
 
 @patch_to(TrainingHealth)
 def setup(self, trainer, pl_module, stage:str):
@@ -565,7 +559,11 @@ def build_callbacks(cfg:Config, # validated config (`Callbacks`, `Logging.logger
                    )->list[Callback]:
     "The callbacks the config asks for (EMACallback excepted: GANModule adds it)."
     cbs: list[Callback] = []
-    if cfg.Callbacks.lr_monitor and cfg.Logging.logger != "none": cbs.append(LearningRateMonitor(logging_interval="step"))
+    if cfg.Callbacks.lr_monitor:
+        if cfg.Logging.logger != "none" or cfg.Trainer.get("logger"): cbs.append(LearningRateMonitor(logging_interval="step"))
+        else: warnings.warn("Callbacks.lr_monitor: the run has no logger (Logging.logger: none), so no LearningRateMonitor "
+                            "is added; the learning rates are still logged each step as train/lr_g and train/lr_d "
+                            "(trainer.callback_metrics)", ConfigWarning)
     es = early_stopping_callback(cfg)
     if es is not None: cbs.append(es)
     cbs += extra_validation_callbacks(cfg)

@@ -101,12 +101,20 @@ def _parser()->argparse.ArgumentParser:
     common(pv)
     return p
 
-def _config(args)->Config:
-    return load_config(args.config, args.overrides) if args.config else quickstart_config(args.overrides)
+def _config(args, ckpt:str|None=None)->Config:
+    "The config: --config, else the one stored in `ckpt` (resume, validate), else the quickstart; overrides on top."
+    if args.config: return load_config(args.config, args.overrides)
+    if ckpt:
+        from gan_engine.checkpoint import checkpoint_config, read_checkpoint
+        stored = checkpoint_config(read_checkpoint(ckpt))
+        if stored is None: raise ConfigError(f"--config: {ckpt!r} stores no config (not a gan_engine checkpoint?); pass --config")
+        return load_config(stored, args.overrides)
+    return quickstart_config(args.overrides)
 
 def _train(args)->Path:
     from gan_engine.trainer import fit
-    run = fit(_config(args), resume=args.resume)
+    if args.resume and not Path(args.resume).is_file(): raise FileNotFoundError(f"checkpoint {args.resume!r} does not exist")
+    run = fit(_config(args, args.resume), resume=args.resume)
     m = run.trainer.callback_metrics
     if "val/psnr" in m and "val/psnr_bicubic" in m:
         best = run.metrics["val/psnr"].max() if hasattr(run.metrics, "columns") and "val/psnr" in run.metrics else float(m["val/psnr"])
@@ -119,8 +127,8 @@ def _validate(args)->Path:
     import lightning as L
     from gan_engine.data import GANDataModule
     from gan_engine.module import GANModule
-    cfg = _config(args)
     if not Path(args.ckpt).is_file(): raise FileNotFoundError(f"checkpoint {args.ckpt!r} does not exist")
+    cfg = _config(args, args.ckpt)
     dm = GANDataModule(cfg)
     module = GANModule(cfg, value_range=dm.value_range)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,

@@ -14,10 +14,10 @@ from typing import Any, Callable, Iterable, Mapping
 import yaml
 
 # %% auto #0
-__all__ = ['GENERATORS', 'DISCRIMINATORS', 'NORMALISERS', 'SCHEMA', 'ConfigError', 'ConfigWarning', 'did_you_mean', 'Registry',
-           'public_name', 'is_import_path', 'import_object', 'Key', 'describe_config', 'Section', 'Config',
-           'ConfigLoader', 'yaml_load', 'parse_override', 'smallest_image', 'trainer_keywords', 'load_config',
-           'save_config']
+__all__ = ['GENERATORS', 'DISCRIMINATORS', 'NORMALISERS', 'SCHEMA', 'SPEC_KEYS', 'ConfigError', 'ConfigWarning', 'did_you_mean',
+           'Registry', 'public_name', 'is_import_path', 'import_object', 'Key', 'describe_config', 'Section', 'Config',
+           'ConfigLoader', 'yaml_load', 'parse_override', 'smallest_image', 'trainer_keywords', 'is_class_spec',
+           'load_config', 'save_config']
 
 # %% ../nbs/00_config.ipynb #dfca93a1
 class ConfigError(ValueError):
@@ -175,6 +175,7 @@ SCHEMA: dict = {
     "cond_dim": _k(0, "int", "size of the conditioning embedding (0 = none)", lo=0),
     "continue_training": _k(False, "path", "checkpoint to resume the full run from, or false", false_ok=True, nullable=True),
     "load_checkpoint": _k(False, "path", "checkpoint or weights file to initialise weights from (no optimiser state), or false", false_ok=True, nullable=True),
+    "load_discriminator": _k(False, "path", "checkpoint or discriminator weights file to start the discriminator from (e.g. when a generator-only run continues adversarially), or false", false_ok=True, nullable=True),
 },
 "Generator": {
     "model_type": _k("srresnet", "str", "generator architecture", registry=GENERATORS),
@@ -201,7 +202,8 @@ SCHEMA: dict = {
     "norm": _k("batch", "str", "normalisation layers (standard, patchgan)", choices=("batch", "instance", "none")),
 },
 "Training": {
-    "max_steps": _k(2000, "int", "generator steps (batches) to train; -1 = no step limit", lo=-1),
+    "max_steps": _k(2000, "int", "generator steps (generator updates) to train; -1 = no step limit", lo=-1),
+    "accumulate_grad_batches": _k(1, "int", "micro-batches of Data.train_batch_size per generator step (gradient accumulation)", lo=1),
     "val_every_n_steps": _k(250, "int", "validate every N generator steps (0 = Lightning's per-epoch default or Trainer.val_check_interval)", lo=0),
     "seed": _k(42, "int", "random seed for weights, crops and splits", lo=0),
     "precision": _k(32, "any", "numeric precision", choices=(32, 16, "bf16")),
@@ -280,10 +282,11 @@ SCHEMA: dict = {
         "mode": _k("max", "str", "better is higher or lower", choices=("min", "max")),
         "save_top_k": _k(3, "int", "best checkpoints kept (-1 = all)", lo=-1),
         "every_n_steps": _k(None, "int", "also save every N generator steps", lo=1, nullable=True),
+        "weights_format": _k("pt", "str", "format of the generator weight files beside each checkpoint (safetensors needs the safetensors package)", choices=("pt", "safetensors", "both")),
     },
     "lr_monitor": _k(True, "bool", "log both optimisers' learning rates"),
     "early_stopping": {
-        "enabled": _k(False, "bool", "stop when the monitored metric stops improving"),
+        "enabled": _k(False, "bool", "stop when the monitored metric stops improving (on as soon as the section names monitor, mode or patience)"),
         "monitor": _k("val/psnr", "str", "metric watched"),
         "mode": _k("max", "str", "better is higher or lower", choices=("min", "max")),
         "patience": _k(10, "int", "validations without improvement before stopping", lo=1),
@@ -300,6 +303,7 @@ SCHEMA: dict = {
         "stall_tolerance": _k(0.0, "float", "least relative decrease of the windowed mean of stall_monitor that is not a stall"),
         "stall_monitor": _k("train/loss_g", "str", "metric watched by the stall check (lower is better)"),
         "alert": _k(None, "str", "import path 'package.module:function' of alert(kind, message, step), called on each report", nullable=True),
+        "grad_norm_limit": _k(None, "float", "report a gradient norm above this (needs Logging.grad_norm_every_n_steps > 0); null = only non-finite norms", lo=0.0, nullable=True),
     },
 },
 "Logging": {
@@ -308,6 +312,7 @@ SCHEMA: dict = {
     "images_every_n_steps": _k(250, "int", "log image panels every N generator steps (0 = never)", lo=0),
     "num_val_images": _k(4, "int", "validation samples shown in panels", lo=0),
     "histograms_every_n_steps": _k(0, "int", "log weight/gradient histograms every N generator steps (0 = never)", lo=0),
+    "grad_norm_every_n_steps": _k(50, "int", "log each network's gradient norm (before clipping) every N generator steps; the health checks read it (0 = never)", lo=0),
     "display_bands": _k(None, "list", "3 band indices shown as RGB; null = first 3 (or the single band)", nullable=True),
     "wandb": {
         "project": _k("gan_engine", "str", "W&B project"),
@@ -526,7 +531,7 @@ def _cross_checks(c:dict, problems:list):
             if small and min(small[1]) < crop:
                 problems.append(f"Data.lr_patch_size: {d['lr_patch_size']} x scale {d['scale']} = {crop} px does not fit "
                                 f"{key} image {small[0]!r} of size {small[1][0]}x{small[1][1]}; use lr_patch_size <= {min(small[1]) // d['scale']}")
-    for key in ("continue_training", "load_checkpoint"):
+    for key in ("continue_training", "load_checkpoint", "load_discriminator"):
         if m[key] and not Path(m[key]).is_file(): problems.append(f"Model.{key}: checkpoint {m[key]!r} does not exist")
     if t["EMA"]["decay"] >= 1.0 or t["EMA"]["decay"] <= 0.0:
         problems.append(f"Training.EMA.decay: {t['EMA']['decay']} must be strictly between 0 and 1")
@@ -566,34 +571,84 @@ def _cross_checks(c:dict, problems:list):
     _check_trainer(c, problems)
 
 # %% ../nbs/00_config.ipynb #fc2e64f4
-_TRAINER_OWNED = {
-    "max_steps": "use Training.max_steps, which counts generator steps (Lightning's counts every optimiser step)",
-    "precision": "use Training.precision (32, 16 or bf16)",
-    "callbacks": "use the Callbacks section, or pass callbacks to gan_engine's trainer builder in Python",
-    "logger": "use Logging.logger",
-    "accumulate_grad_batches": "not supported: the G/D pair trains under manual optimisation, where Lightning refuses it",
-    "gradient_clip_algorithm": "use Optimizers.gradient_clip_algorithm (clipping is done per optimiser)",
-    "default_root_dir": "use Logging.output_dir",
-}
+_PRECISION_NAMES = {"32": 32, "32-true": 32, "16": 16, "16-mixed": 16, "bf16": "bf16", "bf16-mixed": "bf16"}
+SPEC_KEYS = {"callbacks": "lightning.pytorch.callbacks", "logger": "lightning.pytorch.loggers",
+             "strategy": "lightning.pytorch.strategies", "plugins": "lightning.pytorch.plugins",
+             "profiler": "lightning.pytorch.profilers"}  # Trainer keywords that take class_path specs
 
 def trainer_keywords()->list[str]:
     "Keyword names accepted by `lightning.Trainer`."
     from lightning import Trainer
     return [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
 
+def _get_dotted(c, path):
+    node = c
+    for p in path.split("."): node = node[p]
+    return node
+
+def _give(raw:dict, dst:str, value, src:str, why:str, problems:list):
+    "Move a `Trainer:` value to the gan_engine key that owns it; a different value already there is a conflict."
+    if _has(raw, dst) and _get_dotted(raw, dst) != value:
+        problems.append(f"{src}: {value!r} conflicts with {dst}: {_get_dotted(raw, dst)!r}; set it in one place ({dst})")
+        return
+    _set_dotted(raw, dst, value)
+    warnings.warn(f"{src}={value!r} moved to {dst}: {why}", ConfigWarning)
+
+def _translate_trainer(raw:dict, problems:list)->dict:
+    "Move the `Trainer:` keywords that gan_engine owns to their own keys (see the table above)."
+    if not isinstance(raw.get("Trainer"), Mapping): return raw
+    raw = {**raw, "Trainer": dict(raw["Trainer"])}
+    tr = raw["Trainer"]
+    def give(k, dst, why, value=None):
+        v = tr.pop(k)
+        _give(raw, dst, v if value is None else value, f"Trainer.{k}", why, problems)
+    if "max_steps" in tr:
+        give("max_steps", "Training.max_steps", "gan_engine counts generator steps, and so does Lightning's global_step here")
+    if "precision" in tr and str(tr["precision"]).lower() in _PRECISION_NAMES:
+        give("precision", "Training.precision", "gan_engine sets Lightning's precision from it",
+             _PRECISION_NAMES[str(tr["precision"]).lower()])
+    for k in ("gradient_clip_val", "gradient_clip_algorithm"):
+        if k in tr: give(k, f"Optimizers.{k}", "gan_engine clips each optimiser itself (Lightning refuses clipping "
+                                                "under manual optimisation)")
+    if "accumulate_grad_batches" in tr:
+        give("accumulate_grad_batches", "Training.accumulate_grad_batches", "gan_engine accumulates gradients for the "
+             "G/D pair itself (Lightning refuses accumulation under manual optimisation)")
+    if "default_root_dir" in tr: give("default_root_dir", "Logging.output_dir", "the run directory")
+    if isinstance(tr.get("logger"), bool):
+        if tr["logger"]: tr.pop("logger"); warnings.warn("Trainer.logger=True: the logger is Logging.logger", ConfigWarning)
+        else: give("logger", "Logging.logger", "no logger", "none")
+    return raw
+
+def is_class_spec(v)->bool:
+    "True for Lightning's `{class_path: ..., init_args: {...}}` form."
+    return isinstance(v, Mapping) and "class_path" in v
+
+def _check_spec(key:str, v, problems:list, allow_str:bool=False):
+    if allow_str and isinstance(v, str): return
+    if not is_class_spec(v):
+        problems.append(f"{key}: {v!r} is not {{class_path: package.module.Class, init_args: {{...}}}}"
+                        + (" or a name" if allow_str else "")); return
+    extra = sorted(set(v) - {"class_path", "init_args"})
+    if extra: problems.append(f"{key}: unknown keys {extra}; expected class_path and init_args")
+    if not isinstance(v["class_path"], str) or not v["class_path"].strip():
+        problems.append(f"{key}.class_path: {v['class_path']!r} is not an import path like 'package.module.Class'")
+    if not isinstance(v.get("init_args", {}), Mapping):
+        problems.append(f"{key}.init_args: {v['init_args']!r} is not a mapping of keyword arguments")
+
 def _check_trainer(c:dict, problems:list):
     tr = c["Trainer"]
     if not tr: return
-    if "gradient_clip_val" in tr:  # manual optimisation refuses it: clip per optimiser instead
-        v = tr.pop("gradient_clip_val")
-        if c["Optimizers"]["gradient_clip_val"] is None: c["Optimizers"]["gradient_clip_val"] = v
-        warnings.warn(f"Trainer.gradient_clip_val={v} moved to Optimizers.gradient_clip_val: gan_engine clips each "
-                      "optimiser itself (Lightning refuses gradient_clip_val under manual optimisation)", ConfigWarning)
     valid = trainer_keywords()
     for k in list(tr):
-        if k in _TRAINER_OWNED: problems.append(f"Trainer.{k}: managed by gan_engine; {_TRAINER_OWNED[k]}")
-        elif k not in valid:
+        if k not in valid:
             problems.append(f"Trainer.{k}: not a lightning.Trainer keyword{did_you_mean(k, valid)}; valid keywords: {', '.join(valid)}")
+    for k in ("callbacks", "logger", "plugins"):
+        if k in tr:
+            for i, v in enumerate(tr[k] if isinstance(tr[k], list) else [tr[k]]):
+                _check_spec(f"Trainer.{k}[{i}]" if isinstance(tr[k], list) else f"Trainer.{k}", v, problems,
+                            allow_str=k == "plugins")
+    for k in ("strategy", "profiler"):
+        if k in tr and not isinstance(tr[k], str): _check_spec(f"Trainer.{k}", tr[k], problems)
 
 # %% ../nbs/00_config.ipynb #a8ba8c66
 def _move(c, src, dst, note=None):
@@ -668,6 +723,16 @@ def _read_source(source)->dict:
     if not isinstance(data, Mapping): raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
     return dict(data)
 
+def _switches_on(raw:dict)->dict:
+    "`Callbacks.early_stopping` written as the seed writes it (monitor/mode/patience, or `true`) switches it on."
+    cb = raw.get("Callbacks")
+    es = cb.get("early_stopping") if isinstance(cb, Mapping) else None
+    if isinstance(es, bool): es = {"enabled": es}
+    elif isinstance(es, Mapping) and "enabled" not in es and {"monitor", "mode", "patience"} & set(es):
+        es = {**es, "enabled": True}
+    else: return raw
+    return {**raw, "Callbacks": {**cb, "early_stopping": es}}
+
 def load_config(source:str|Path|Mapping|None=None, # YAML path, dict, or None for all defaults
                 overrides:Iterable[str]=(), # dotted `KEY=VALUE` strings, values parsed as YAML
                )->Config:
@@ -677,6 +742,7 @@ def load_config(source:str|Path|Mapping|None=None, # YAML path, dict, or None fo
     for o in overrides: _set_dotted(raw, *parse_override(o))
     raw = _translate_opensr(raw)
     problems = []
+    raw = _switches_on(_translate_trainer(raw, problems))
     resolved = _validate(raw, SCHEMA, "", problems)
     if not problems: _cross_checks(resolved, problems)
     if problems: raise ConfigError(problems)

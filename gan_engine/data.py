@@ -7,10 +7,10 @@ Docs: https://gan-engine.github.io/gan_engine/data.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'DataError', 'dtype_value_range', 'probe_image', 'read_image', 'list_images', 'gaussian_kernel1d',
            'gaussian_blur', 'degrade', 'crop_position', 'augment', 'collate', 'SRDataset', 'split_files',
-           'GANDataModule', 'bands_to_rgb']
+           'ResumableSampler', 'ResumableLoader', 'GANDataModule', 'bands_to_rgb']
 
 # %% ../nbs/01_data.ipynb #713c5a04
-import math
+import math, warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -20,6 +20,9 @@ import torch.nn.functional as F
 import lightning as L
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from .steps import StepPlan
 
 # %% ../nbs/01_data.ipynb #0c02c152
 class DataError(ValueError):
@@ -377,11 +380,11 @@ class SRDataset(Dataset):
 
     def __len__(self): return len(self.files) * self.repeat
 
-    def _generator(self, i: int) -> torch.Generator:
-        "Per-sample RNG: seeded by (seed, index) for validation, from torch's global RNG for training."
-        if self.train: seed = int(torch.randint(0, 2**62, (1,)))
-        else: seed = self.seed * 1_000_003 + i
-        return torch.Generator().manual_seed(seed)
+    def _generator(self, i: int, seed: int | None = None) -> torch.Generator:
+        "Per-sample RNG: the sampler's seed if given; else (seed, index) for validation, torch's global RNG for training."
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,))) if self.train else self.seed * 1_000_003 + i
+        return torch.Generator().manual_seed(int(seed))
 
     def read(self, i: int, lr: bool = False) -> tuple[torch.Tensor, dict]:
         "Whole HR (or paired LR) image `i` as a float32 tensor (C,H,W) and its meta."
@@ -403,10 +406,12 @@ class SRDataset(Dataset):
                     x = degrade(x[:, :h, :w], s, self.blur_sigma, 0.0, self.antialias)
                 yield x
 
-    def __getitem__(self, idx: int) -> dict:
+    def __getitem__(self, idx: int | tuple[int, int]) -> dict:
+        "Sample `idx`, or `(idx, seed)` with the seed of its random crop and augmentation (from `ResumableSampler`)."
+        idx, seed = idx if isinstance(idx, tuple) else (idx, None)
         i = idx % len(self.files)
         s, p = self.scale, self.patch
-        g = self._generator(i)
+        g = self._generator(i, seed)
         hr, meta = self.read(i)
         lr = self.read(i, lr=True)[0] if self.lr_files is not None else None
         lh, lw = (lr.shape[-2:] if lr is not None else (hr.shape[-2] // s, hr.shape[-1] // s))
@@ -446,6 +451,91 @@ def split_files(
     val = sorted(files[j] for j in perm[:n_val])
     return [f for f in files if f not in set(val)], val
 
+# %% ../nbs/01_data.ipynb #368e96a7
+def _mix(*xs: int) -> int:
+    "A well-mixed 62-bit seed from integers (numpy's SeedSequence)."
+    return int(np.random.SeedSequence([int(x) for x in xs]).generate_state(1, np.uint64)[0] >> 2)
+
+class ResumableSampler(DistributedSampler):
+    "Per-epoch order and per-sample seeds from (seed, epoch), sharded across processes, resumable mid-epoch."
+    def __init__(self,
+                 n: int,                # samples in the dataset
+                 seed: int = 0,         # the run's seed (Training.seed)
+                 shuffle: bool = True,  # permute each epoch (else index order)
+                 num_replicas: int = 1, # processes sharing the epoch (DDP world size)
+                 rank: int = 0,         # this process
+                ):
+        # DistributedSampler.__init__ wants a dataset and a process group; everything it sets is set here
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1: raise ValueError(f"Expected `n` to be an int >= 1 but got {n!r}")
+        if not (isinstance(num_replicas, int) and num_replicas >= 1 and isinstance(rank, int) and 0 <= rank < num_replicas):
+            raise ValueError(f"Expected 0 <= `rank` < `num_replicas` but got rank={rank!r}, num_replicas={num_replicas!r}")
+        self.n, self.seed, self.shuffle, self.num_replicas, self.rank = n, int(seed), shuffle, num_replicas, rank
+        self.drop_last = False
+        self.num_samples = math.ceil(n / num_replicas)           # per process; the last ones wrap around
+        self.total_size = self.num_samples * num_replicas
+        self.epoch, self._resume = 0, None                       # _resume: (epoch, first sample) for the next pass
+
+    def items(self, epoch: int | None = None) -> list[tuple[int, int]]:
+        "This process's `(index, seed)` pairs of an epoch, in order."
+        epoch = self.epoch if epoch is None else epoch
+        g = torch.Generator().manual_seed(_mix(self.seed, epoch, 7))
+        order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else list(range(self.n))
+        seeds = torch.randint(0, 2**62, (self.n,), generator=g).tolist()  # by sample index: independent of the order
+        order = (order * math.ceil(self.total_size / self.n))[:self.total_size]
+        return [(i, seeds[i]) for i in order[self.rank::self.num_replicas]]
+
+    def resume_at(self, epoch: int, start: int):
+        "Make the next pass over `epoch` start at its `start`-th sample (of this process)."
+        self._resume = (int(epoch), int(start))
+
+    def __iter__(self):
+        start = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        self._resume = None
+        return iter(self.items()[start:])
+
+    def __len__(self) -> int: return self.num_samples
+
+# %% ../nbs/01_data.ipynb #dea30bbc
+class ResumableLoader(DataLoader):
+    "A DataLoader over a `ResumableSampler` whose position (epoch, batches served) goes into Lightning checkpoints."
+    def __iter__(self):
+        if not isinstance(self.sampler, ResumableSampler):
+            raise TypeError(f"Expected `sampler` to be a ResumableSampler but got {type(self.sampler).__name__}")
+        return self._counted()
+
+    def _counted(self):
+        # lazy: Lightning creates the iterator before it sets the epoch, so read the epoch at the first batch
+        s = self.sampler
+        start = s._resume[1] // self.batch_size if s._resume is not None and s._resume[0] == s.epoch else 0
+        self._position = [s.epoch, start]
+        for batch in super().__iter__():
+            self._position[1] += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        "Where the training data stands: the epoch and the batches of it served so far."
+        s = self.sampler
+        epoch, batches = getattr(self, "_position", (s.epoch, 0))
+        return {"epoch": int(epoch), "batches": int(batches), "batch_size": int(self.batch_size), "n": s.n,
+                "seed": s.seed, "num_replicas": s.num_replicas}
+
+    def load_state_dict(self, state: dict):
+        "Continue from a saved position (the next pass over that epoch starts after the batches served)."
+        s = self.sampler
+        if state.get("n") != s.n or state.get("seed") != s.seed:
+            warnings.warn(f"The training data changed since the checkpoint (samples {state.get('n')} -> {s.n}, seed "
+                          f"{state.get('seed')} -> {s.seed}): the data order restarts at epoch {state.get('epoch')}'s "
+                          f"first batch", UserWarning)
+            s.set_epoch(int(state.get("epoch", 0))); s.resume_at(int(state.get("epoch", 0)), 0); return
+        served = int(state["batches"]) * int(state["batch_size"]) * int(state["num_replicas"])  # samples, all ranks
+        if (state["batch_size"], state["num_replicas"]) != (self.batch_size, s.num_replicas):
+            warnings.warn(f"Resuming with batch size {self.batch_size} x {s.num_replicas} process(es) instead of "
+                          f"{state['batch_size']} x {state['num_replicas']}: epoch {state['epoch']} continues after about "
+                          f"{served} samples, in a different order", UserWarning)
+        per_rank = served // (self.batch_size * s.num_replicas) * self.batch_size
+        s.set_epoch(int(state["epoch"]))
+        s.resume_at(int(state["epoch"]), per_rank)
+
 # %% ../nbs/01_data.ipynb #b1b59621
 class GANDataModule(L.LightningDataModule):
     "Lightning DataModule with training and validation SR loaders built from a Config."
@@ -483,16 +573,24 @@ class GANDataModule(L.LightningDataModule):
                             f"{self.train_dataset.value_range} but got {self.val_dataset.value_range}; set Data.value_range")
 
     def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
-        nw = self.cfg.Data.num_workers
-        kw = dict(num_workers=nw, collate_fn=collate, pin_memory=torch.cuda.is_available())
+        nw, seed = self.cfg.Data.num_workers, self.cfg.Training.seed
+        # its own generator: building or iterating a loader never draws from the global random state
+        kw = dict(num_workers=nw, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+                  generator=torch.Generator().manual_seed(seed))
         if nw > 0:
             kw["persistent_workers"] = True
             if self.cfg.Data.prefetch_factor is not None: kw["prefetch_factor"] = self.cfg.Data.prefetch_factor
-        return DataLoader(ds, batch_size=batch_size, shuffle=train, drop_last=train and len(ds) >= batch_size, **kw)
+        if not train: return DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
+        t = getattr(self, "trainer", None)
+        world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
+        sampler = ResumableSampler(len(ds), seed, shuffle=True, num_replicas=world, rank=rank)
+        return ResumableLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=len(sampler) >= batch_size, **kw)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableLoader:
+        "Training loader: resumable order, `train_batch_size` x the micro-batches a generator step splits it into."
         self.setup()
-        return self._loader(self.train_dataset, self.cfg.Data.train_batch_size, True)
+        bs = StepPlan.from_config(self.cfg).loader_batch_size(self.cfg.Data.train_batch_size)
+        return self._loader(self.train_dataset, bs, True)
 
     def val_dataloader(self):
         "Validation loader (fixed order, fixed samples); [] when there is no validation set."

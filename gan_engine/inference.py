@@ -21,15 +21,11 @@ from .config import Config, ConfigError, load_config, is_import_path
 from .data import DataError, IMAGE_EXTENSIONS, list_images, probe_image, read_image
 from .normalise import build_normaliser
 from .generators import build_generator
-from .ema import ema_weights_from_checkpoint, EMA_CHECKPOINT_KEY
+from .checkpoint import CheckpointError, EMA_KEY, ema_state, load_state_file, read_checkpoint
 
 # %% auto #0
-__all__ = ['CheckpointError', 'tile_starts', 'blend_window', 'predict_tiled', 'Predictor', 'load_predictor', 'output_format',
-           'write_image', 'predict_path']
-
-# %% ../nbs/13_inference.ipynb #112f9ebc
-class CheckpointError(DataError):
-    "A checkpoint or weights file that cannot be used for prediction; the message names the file and the problem."
+__all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'Predictor', 'load_predictor', 'output_format', 'write_image',
+           'predict_path']
 
 # %% ../nbs/13_inference.ipynb #c62d0baa
 def _check_int(name:str, v, lo:int, what:str=""):
@@ -275,15 +271,6 @@ def __call__(self, lr, cond=None):
 def _describe(obj)->str:
     return f"keys {sorted(map(str, obj))[:8]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
 
-def _torch_load(path:Path, map_location):
-    if not path.exists(): raise FileNotFoundError(f"Expected `ckpt` to be a checkpoint file but '{path}' was not found")
-    if not path.is_file(): raise CheckpointError(f"Expected `ckpt` to be a checkpoint file but '{path}' is a folder")
-    try: return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise CheckpointError(f"Expected '{path}' to be a checkpoint readable with torch.load(weights_only=True) but "
-                              f"loading failed: {type(e).__name__}: {msg}") from None
-
 def _is_state_dict(obj)->bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
@@ -323,7 +310,7 @@ def _generator_hint(cfg:Config)->str:
             f"n_blocks={g.n_blocks}, Model.in_bands={cfg.Model.in_bands}, scaling_factor={g.scaling_factor})")
 
 # %% ../nbs/13_inference.ipynb #a27dbcfa
-def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generator weights file (.generator[_ema].pt)
+def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generator weights file (.generator[_ema].pt / .safetensors)
                    raw:bool=False, # use the training weights instead of the EMA weights (checkpoints only)
                    map_location:str|torch.device="cpu", # where tensors are loaded (torch.load)
                    device:str|torch.device|None=None, # where the generator runs; None = `map_location`
@@ -334,7 +321,7 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
                   )->Predictor:
     "A `Predictor` from a checkpoint (EMA weights by default) or a generator weights file plus its config."
     path = Path(ckpt).expanduser()
-    state = _torch_load(path, map_location)
+    state = load_state_file(path, map_location) if path.suffix == ".safetensors" else read_checkpoint(path, map_location)
     if not isinstance(state, Mapping):
         raise CheckpointError(f"Expected '{path}' to hold a checkpoint dict but got {_describe(state)}")
     from_ckpt = "state_dict" in state
@@ -355,10 +342,10 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
         norm_sd = {k[len("normalisers."):]: v for k, v in sd.items() if k.startswith("normalisers.")}
         weights = "raw"
         if not raw:
-            ema = ema_weights_from_checkpoint(state)
+            ema = ema_state(state)
             if ema is None:
                 why = ("Training.EMA.enabled was false" if not hp.get("config", {}).get("Training", {})
-                       .get("EMA", {}).get("enabled", True) else f"no '{EMA_CHECKPOINT_KEY}' entry")
+                       .get("EMA", {}).get("enabled", True) else f"no '{EMA_KEY}' entry")
                 warnings.warn(f"'{path}' has no EMA generator weights ({why}): using the training weights", UserWarning,
                               stacklevel=2)
             else: gen_sd, weights = ema, "ema"

@@ -25,6 +25,8 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from .steps import RAMP_SHAPES, ramp_fraction
+
 # %% ../nbs/05_losses.ipynb #0e4413c6
 def check_pair(sr: torch.Tensor, # generated image (B, C, H, W)
                hr: torch.Tensor, # target image (B, C, H, W)
@@ -401,13 +403,9 @@ def adversarial_weight(g_step: int, # generator step (0-based)
                        schedule: str = "linear", # Training.Losses.adv_loss_schedule: linear | cosine
                       ) -> float:
     "Adversarial loss weight: 0 in pretraining, ramped to `beta`, then `beta`."
-    if schedule not in ("linear", "cosine"):
-        raise ValueError(f"Expected `adv_loss_schedule` to be 'linear' or 'cosine' but got {schedule!r}")
-    t = g_step - pretrain_steps
-    if t < 0: return 0.0
-    if ramp_steps <= 0 or t + 1 >= ramp_steps: return float(beta)
-    p = (t + 1) / ramp_steps
-    return float(beta) * (p if schedule == "linear" else 0.5 * (1 - math.cos(math.pi * p)))
+    if schedule not in RAMP_SHAPES:
+        raise ValueError(f"Expected `adv_loss_schedule` to be one of {RAMP_SHAPES} but got {schedule!r}")
+    return float(beta) * ramp_fraction(g_step, pretrain_steps, ramp_steps, schedule)
 
 # %% ../nbs/05_losses.ipynb #18f3884e
 _REC_TERMS = ("l1", "mse", "charbonnier", "ssim", "ms_ssim", "sam", "tv", "perceptual")
@@ -493,6 +491,7 @@ class GeneratorLoss(nn.Module):
                     adv_weight: float = 1.0, # current adversarial weight (from `adversarial_weight`)
                     real_feats: Sequence[torch.Tensor] | None = None, # D features of hr (feature matching)
                     fake_feats: Sequence[torch.Tensor] | None = None, # D features of sr (feature matching)
+                    fm_weight: float | None = None, # feature-matching weight this step (`StepPlan.fm_weight_at`); None = full
                    ) -> tuple:
         "Weighted generator GAN loss (+ feature matching) and its terms."
         v = self.adv.g_loss(fake_logits, real_logits)
@@ -502,9 +501,10 @@ class GeneratorLoss(nn.Module):
             if real_feats is None or fake_feats is None:
                 raise ValueError("Expected `real_feats` and `fake_feats` (discriminator features) for feature matching "
                                  "(Training.Losses.feature_matching_weight > 0) but got None")
+            w = self.feature_matching_weight if fm_weight is None else float(fm_weight)
             fm = feature_matching_loss(real_feats, fake_feats)
-            total = total + self.feature_matching_weight * fm
-            terms["feature_matching"], terms["feature_matching_w"] = fm.detach(), (self.feature_matching_weight * fm).detach()
+            total = total + w * fm
+            terms["feature_matching"], terms["feature_matching_w"] = fm.detach(), (w * fm).detach()
         return total, terms
 
     def forward(self, sr: torch.Tensor, # generated image (B, C, H, W)

@@ -6,41 +6,50 @@ Docs: https://gan-engine.github.io/gan_engine/module.html.md"""
 
 # %% ../nbs/08_module.ipynb #c8b7e304
 from __future__ import annotations
-import random, warnings
+import warnings
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 import lightning as L
 from fastcore.basics import patch_to
-from torchmetrics import MeanMetric
+from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from .config import Config, ConfigError, load_config
+from .steps import StepPlan
 from .data import GANDataModule
 from .normalise import build_normaliser
 from .generators import build_generator
 from .discriminators import build_discriminator
-from .losses import GeneratorLoss, DiscriminatorLoss, adversarial_weight
+from .losses import GeneratorLoss, DiscriminatorLoss
 from .ema import GeneratorEMA, EMACallback
 from .tasks import build_task
 from .optim import optimizer_from_config, scheduler_from_config, clip_value
 from .loggers import log_histograms, log_images, render_panels
+from .checkpoint import (rank_rng, read_training_state, rng_state, set_optimization_mode, set_rng_state,
+                                   shift_logger_step, write_training_state)
 
 # %% auto #0
-__all__ = ['pretrain_steps', 'uses_discriminator', 'resolve_value_range', 'rng_state', 'set_rng_state', 'GANModule',
-           'tiny_config']
+__all__ = ['split_batch', 'resolve_value_range', 'GANModule', 'grad_norm', 'ScheduleFeed', 'tiny_config']
 
 # %% ../nbs/08_module.ipynb #2dd60940
-def pretrain_steps(cfg:Config)->int:
-    "Generator-only steps before adversarial training starts."
-    return cfg.Training.g_pretrain_steps if cfg.Training.pretrain_g_only else 0
+def _micro_sizes(n:int, k:int)->list[int]:
+    "Sizes of `k` near-equal micro-batches of a batch of `n` (fewer when n < k)."
+    k = min(k, n)
+    return [n // k + (1 if i < n % k else 0) for i in range(k)]
 
-def uses_discriminator(cfg:Config)->bool:
-    "True when the config trains a discriminator at some step."
-    L_, t = cfg.Training.Losses, cfg.Training
-    wants = L_.adv_loss_beta > 0 or L_.feature_matching_weight > 0
-    return wants and not (t.max_steps > 0 and pretrain_steps(cfg) >= t.max_steps)
+def split_batch(batch:dict, # a batch (tensors along dim 0, lists per sample)
+                k:int, # micro-batches wanted
+               )->list[tuple[dict, float]]: # (micro-batch, its share of the samples)
+    "Split a batch into `k` micro-batches along the sample axis."
+    n = len(batch["hr"] if "hr" in batch else next(v for v in batch.values() if isinstance(v, torch.Tensor)))
+    out, start = [], 0
+    for m in _micro_sizes(n, k):
+        out.append(({key: v[start:start + m] if isinstance(v, (torch.Tensor, list, tuple)) else v
+                     for key, v in batch.items()}, m / n))
+        start += m
+    return out
 
 # %% ../nbs/08_module.ipynb #f7c67063
 def resolve_value_range(cfg:Config, value_range=None)->tuple[float, float]|None:
@@ -49,24 +58,6 @@ def resolve_value_range(cfg:Config, value_range=None)->tuple[float, float]|None:
     if cfg.Data.value_range is not None: return tuple(float(v) for v in cfg.Data.value_range)
     if cfg.Data.train_dir is not None: return tuple(float(v) for v in GANDataModule(cfg).value_range)
     return None
-
-# %% ../nbs/08_module.ipynb #dfada15f
-def rng_state()->dict:
-    "Global random states of torch (CPU and CUDA), numpy and Python, as checkpoint-safe values."
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
-            "python": random.getstate()}
-
-def set_rng_state(state:dict):
-    "Restore states saved by `rng_state`."
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    v, s, g = state["python"]
-    random.setstate((v, tuple(s), g))
 
 # %% ../nbs/08_module.ipynb #e48cc33a
 class GANModule(L.LightningModule):
@@ -83,9 +74,10 @@ class GANModule(L.LightningModule):
         self.value_range = resolve_value_range(cfg, value_range)
         self.save_hyperparameters({"config": cfg.to_dict(),
                                    "value_range": list(self.value_range) if self.value_range else None})
+        self.plan = StepPlan.from_config(cfg)
         self.task = build_task(cfg)
         self.generator = generator if generator is not None else build_generator(cfg)
-        self.adversarial = uses_discriminator(cfg)
+        self.adversarial = self.plan.adversarial
         self.discriminator = ((discriminator if discriminator is not None else build_discriminator(cfg))
                               if self.adversarial else None)
         self.automatic_optimization = not self.adversarial
@@ -96,6 +88,9 @@ class GANModule(L.LightningModule):
         self.d_loss = DiscriminatorLoss.from_config(cfg) if self.adversarial else None
         self.ema = GeneratorEMA.from_config(self.generator, cfg) if cfg.Training.EMA.enabled else None
         self.g_step, self.d_step = 0, 0
+        self.discriminator_source = "fresh"  # or the file it was loaded from (`load_discriminator_weights`)
+        self.grad_norms: dict[str, torch.Tensor] = {}  # last measured gradient norm per network ("g", "d")
+        self.grad_norm_step: int|None = None  # generator steps done when they were measured
         self.val_panels: dict[str, torch.Tensor] = {}
         self._val_metrics_ready = False
         if self.value_range is not None: self._build_val_metrics()
@@ -107,23 +102,21 @@ class GANModule(L.LightningModule):
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=(lo, hi))
         self._val_metrics_ready = True
 
-    # ---- settings in generator steps ----
+    # ---- the next generator step, as the plan sees it ----
     @property
     def adversarial_active(self)->bool:
-        "True once generator-only pretraining is over (and a discriminator exists)."
-        return self.adversarial and self.g_step >= pretrain_steps(self.cfg)
+        "True when the next generator step trains against the discriminator."
+        return self.plan.adversarial_active(self.g_step)
 
     @property
     def adv_weight(self)->float:
-        "The adversarial loss weight at the current generator step."
-        if not self.adversarial: return 0.0
-        t, L_ = self.cfg.Training, self.cfg.Training.Losses
-        return adversarial_weight(self.g_step, pretrain_steps(self.cfg), t.adv_loss_ramp_steps,
-                                  L_.adv_loss_beta, L_.adv_loss_schedule)
+        "The adversarial loss weight of the next generator step."
+        return self.plan.adv_weight(self.g_step)
 
-    def d_update_due(self)->bool:
-        "Whether the discriminator updates at this generator step (every `d_update_interval` after pretraining)."
-        return (self.g_step - pretrain_steps(self.cfg)) % self.cfg.Training.d_update_interval == 0
+    @property
+    def phase(self)->str:
+        "'generator', 'pretrain', 'ramp' or 'adversarial' for the next generator step."
+        return self.plan.phase(self.g_step)
 
     # ---- normalisation ----
     def normalise_batch(self, batch:dict)->dict:
@@ -144,9 +137,18 @@ def configure_optimizers(self):
     names = ["lr/generator"]
     if self.adversarial:
         opts.append(optimizer_from_config(self.discriminator, self.cfg, "d")); names.append("lr/discriminator")
-    scheds = [{"scheduler": scheduler_from_config(o, self.cfg, w), "interval": "step", "name": n}
+    scheds = [{"scheduler": scheduler_from_config(o, self.cfg, w, self.plan), "interval": "step", "name": n}
               for o, w, n in zip(opts, "gd", names)]
     return opts, scheds
+
+@patch_to(GANModule)
+def lr_scheduler_step(self, scheduler, metric):
+    "gan_engine steps its schedules itself, once per generator step (`_after_generator_step`): Lightning's stepping is off."
+
+@patch_to(GANModule)
+def _schedulers(self)->list:
+    s = self.lr_schedulers() if self._trainer is not None else None
+    return [] if s is None else list(s) if isinstance(s, (list, tuple)) else [s]
 
 @patch_to(GANModule)
 def _which(self, optimizer)->str:
@@ -158,13 +160,30 @@ def _optimizers(self)->list:
     o = self.optimizers()
     return list(o) if isinstance(o, (list, tuple)) else [o]
 
+def grad_norm(params)->torch.Tensor:
+    "The total L2 norm of the gradients of `params` (0 when none has a gradient)."
+    grads = [p.grad.detach() for p in params if p.grad is not None]
+    if not grads: return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+
 @patch_to(GANModule)
 def on_before_optimizer_step(self, optimizer):
-    # gradients are unscaled here (16-mixed), so thresholds mean what they say
+    # gradients are unscaled here (16-mixed), so norms and thresholds mean what they say
     which = self._which(optimizer)
+    if self.plan.grad_norm_due(self.g_step):  # measured before clipping, only on the steps that log it
+        if self.grad_norm_step != self.g_step + 1: self.grad_norms = {}
+        self.grad_norms[which] = grad_norm(p for g in optimizer.param_groups for p in g["params"])
+        self.grad_norm_step = self.g_step + 1
     v = clip_value(self.cfg, which)
     if v is not None:
         self.clip_gradients(optimizer, gradient_clip_val=v, gradient_clip_algorithm=self.cfg.Optimizers.gradient_clip_algorithm)
+
+@patch_to(GANModule)
+def on_train_start(self):
+    # a schedule restored from a checkpoint is already at g_step; a fresh one (a discriminator that joins a
+    # resumed generator-only run) is put there
+    for sched in self._schedulers():
+        if sched.last_epoch != self.g_step: sched.go_to(self.g_step)
 
 # %% ../nbs/08_module.ipynb #22574846
 @patch_to(GANModule)
@@ -187,29 +206,55 @@ def _score(self, logits:torch.Tensor)->torch.Tensor:
     logits = logits.detach().float()
     return torch.sigmoid(logits).mean() if self.cfg.Training.Losses.adv_loss_type == "bce" else logits.mean()
 
+def _add(logs:dict, terms:dict, share:float):
+    "Accumulate `share` of each logged term (micro-batch averages)."
+    for k, v in terms.items():
+        v = v.detach() if isinstance(v, torch.Tensor) else v
+        logs[k] = v * share if k not in logs else logs[k] + v * share
+
+@contextmanager
+def _buffers_kept(module:torch.nn.Module):
+    "Run `module` without leaving a trace in its buffers (BatchNorm statistics)."
+    saved = [b.detach().clone() for b in module.buffers()]
+    try: yield
+    finally:
+        with torch.no_grad():
+            for b, v in zip(module.buffers(), saved): b.copy_(v)
+
 @patch_to(GANModule)
-def _discriminator_step(self, fake:torch.Tensor, real:torch.Tensor, cond)->dict:
-    "Step 6: one discriminator update on detached generator output."
+def _no_sync(self, last:bool):
+    "Skip the DDP gradient all-reduce for every micro-batch but the last."
+    s = self.trainer.strategy
+    return nullcontext() if last or self.trainer.world_size <= 1 or not hasattr(s, "block_backward_sync") \
+        else s.block_backward_sync()
+
+@patch_to(GANModule)
+def _discriminator_step(self, items:list)->dict:
+    "Step 6: one discriminator update on detached generator outputs: `items` = [(fake, real, cond, share)]."
     opt_d = self._optimizers()[1]
     r1 = self.d_loss.r1_due(self.d_step)
-    real = real.detach().requires_grad_(r1)
-    real_logits, fake_logits = self._d(real, cond), self._d(fake, cond)
-    loss, terms = self.d_loss(real_logits, fake_logits, d_fn=lambda x: self._d(x, cond), real=real, fake=fake,
-                              d_step=self.d_step)
     opt_d.zero_grad(set_to_none=True)
-    self.manual_backward(loss)
+    logs = {}
+    for i, (fake, real, cond, share) in enumerate(items):
+        real = real.detach().requires_grad_(r1)
+        real_logits, fake_logits = self._d(real, cond), self._d(fake, cond)
+        loss, terms = self.d_loss(real_logits, fake_logits, d_fn=lambda x: self._d(x, cond), real=real, fake=fake,
+                                  d_step=self.d_step)
+        with self._no_sync(i == len(items) - 1):
+            self.manual_backward(loss if share == 1 else loss * share)
+        _add(logs, {"loss_d": loss, **terms, "d_real": self._score(real_logits), "d_fake": self._score(fake_logits)}, share)
     # through the strategy (precision plugin, scaler, clipping hook) but not LightningOptimizer.step,
     # so Lightning's global_step counts generator steps only
     self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=lambda: None)
-    self.lr_schedulers()[1].step()
     self.d_step += 1
-    return {"loss_d": loss.detach(), **terms, "d_real": self._score(real_logits), "d_fake": self._score(fake_logits)}
+    return logs
 
 @patch_to(GANModule)
-def _generator_adversarial(self, sr:torch.Tensor, target:torch.Tensor, cond):
-    "Step 7: adversarial and feature-matching loss with the discriminator frozen."
-    L_ = self.cfg.Training.Losses
-    need_fm, need_real = L_.feature_matching_weight > 0, L_.relativistic_average_d or L_.feature_matching_weight > 0
+def _generator_adversarial(self, sr:torch.Tensor, target:torch.Tensor, cond, step:int):
+    "Step 7: adversarial and feature-matching loss with the discriminator frozen; weights from the plan."
+    plan, L_ = self.plan, self.cfg.Training.Losses
+    need_fm = plan.fm_weight > 0
+    need_real = L_.relativistic_average_d or need_fm
     self.discriminator.requires_grad_(False)
     try:
         out = self._d(sr, cond, features=need_fm)
@@ -219,43 +264,83 @@ def _generator_adversarial(self, sr:torch.Tensor, target:torch.Tensor, cond):
             with torch.no_grad():
                 out = self._d(target, cond, features=need_fm)
             real_logits, real_feats = out if need_fm else (out, None)
-        loss, terms = self.g_loss.adversarial(fake_logits, real_logits, self.adv_weight, real_feats, fake_feats)
+        loss, terms = self.g_loss.adversarial(fake_logits, real_logits, plan.adv_weight(step), real_feats, fake_feats,
+                                              fm_weight=plan.fm_weight_at(step))
     finally:
         self.discriminator.requires_grad_(True)
     return loss, terms
 
 @patch_to(GANModule)
-def training_step(self, batch:dict, batch_idx:int):
-    nb, sr, cond = self._generate(batch)
-    target, weight = self.task.target(nb), self.task.loss_weight(nb)
-    loss, logs = self.g_loss.reconstruction(sr, target, weight)                  # step 4
-    active = self.adversarial_active
-    if active:                                                                     # step 5
-        if self.d_update_due(): logs.update(self._discriminator_step(sr.detach(), target, cond))   # step 6
-        adv, adv_terms = self._generator_adversarial(sr, target, cond)           # step 7
+def _generator_losses(self, nb, sr, cond, step:int, active:bool):
+    "Steps 4 and 7 for one (micro-)batch: reconstruction, plus adversarial terms when active."
+    target = self.task.target(nb)
+    loss, logs = self.g_loss.reconstruction(sr, target, self.task.loss_weight(nb))
+    if active:
+        adv, adv_terms = self._generator_adversarial(sr, target, cond, step)
         loss = loss + adv; logs.update(adv_terms)
-    logs.update({"loss_g": loss.detach(), "adv_weight": self.adv_weight, "phase": float(active)})
-    if self.automatic_optimization:
-        self._log_train(logs)
-        return loss                                                                # Lightning steps G
-    opt_g = self._optimizers()[0]
-    opt_g.zero_grad(set_to_none=True)
-    self.manual_backward(loss)
-    opt_g.step()                                                                   # step 8
-    self.lr_schedulers()[0].step()
-    self._after_generator_step()
-    self._log_train(logs)                                                          # step 9
+    return loss, logs
 
 @patch_to(GANModule)
-def on_train_batch_end(self, outputs, batch, batch_idx):
-    if self.automatic_optimization: self._after_generator_step()
+def training_step(self, batch:dict, batch_idx:int):
+    step = self.g_step                                   # this generator step, 0-based
+    if self.automatic_optimization:                      # generator only: Lightning steps it (and accumulates)
+        nb, sr, cond = self._generate(batch)
+        loss, logs = self._generator_losses(nb, sr, cond, step, False)
+        self._log_train(step, loss, logs)
+        return loss
+    plan = self.plan
+    active, d_due = plan.adversarial_active(step), plan.d_update_due(step)
+    opt_g = self._optimizers()[0]
+    parts = split_batch(batch, plan.accumulate) if plan.accumulate > 1 else [(batch, 1.0)]
+    logs = {}
+    if len(parts) == 1:                                  # the generator runs once (steps 1-3)
+        nb, sr, cond = self._generate(batch)
+        if d_due: logs.update(self._discriminator_step([(sr.detach(), self.task.target(nb), cond, 1.0)]))
+        loss, terms = self._generator_losses(nb, sr, cond, step, active)
+        logs.update(terms)
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+    else:                                                # micro-batches: D on all of them first, then G
+        if d_due:
+            with torch.no_grad(), _buffers_kept(self.generator):
+                fakes = []
+                for part, share in parts:
+                    nb, sr, cond = self._generate(part)
+                    fakes.append((sr, self.task.target(nb), cond, share))
+            logs.update(self._discriminator_step(fakes))
+        opt_g.zero_grad(set_to_none=True)
+        loss = 0.0
+        for i, (part, share) in enumerate(parts):
+            nb, sr, cond = self._generate(part)
+            part_loss, terms = self._generator_losses(nb, sr, cond, step, active)
+            with self._no_sync(i == len(parts) - 1): self.manual_backward(part_loss * share)
+            _add(logs, terms, share); loss = loss + part_loss.detach() * share
+    opt_g.step()                                         # step 8
+    self._log_train(step, loss, logs)                    # step 9 (the learning rates this step used)
+    self._after_generator_step()
+
+@patch_to(GANModule)
+def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
+    "Automatic optimisation: the generator update, then this step's counters, schedules and EMA (before any callback)."
+    super(GANModule, self).optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+    self._after_generator_step()
 
 @patch_to(GANModule)
 def _after_generator_step(self):
+    "After a generator update: count it, step both schedules, update the EMA, log histograms when due."
     self.g_step += 1
+    # the schedules run on the generator-step clock (`go_to`, not `step()`: the discriminator's also moves
+    # while it does not train yet, which torch's step() would report as stepping before the optimiser)
+    for sched in self._schedulers(): sched.go_to(self.g_step)
     if self.ema is not None:
         self.ema.update(self.generator, self.g_step)
         if self._trainer is not None and self.trainer.world_size > 1: self._sync_ema_buffers()
+    if self.grad_norm_step == self.g_step and self.grad_norms and self._trainer is not None:
+        # straight to the loggers at the step they belong to (one device sync, every grad_norm_every_n_steps steps):
+        # through self.log, Lightning would repeat the last value on the steps in between
+        names = [f"train/grad_norm_{w}" for w in self.grad_norms]
+        values = torch.stack([v.float().to(self.device) for v in self.grad_norms.values()]).tolist()
+        for lg in self.loggers: lg.log_metrics(dict(zip(names, values)), step=self.g_step - 1)
     n = self.cfg.Logging.histograms_every_n_steps
     if n and self.g_step % n == 0 and self._trainer is not None:
         nets = {"generator": self.generator, **({"discriminator": self.discriminator} if self.adversarial else {})}
@@ -275,12 +360,13 @@ def _lr(self, i:int)->float:
     return self._optimizers()[i].param_groups[0]["lr"]
 
 @patch_to(GANModule)
-def _log_train(self, logs:dict):
+def _log_train(self, step:int, loss, logs:dict):
     logs = {f"train/{k}": v for k, v in logs.items()}
-    logs["train/lr_g"] = self._lr(0)
+    logs.update({"train/loss_g": loss.detach() if isinstance(loss, torch.Tensor) else loss,
+                 "train/adv_weight": self.plan.adv_weight(step), "train/phase": float(self.plan.adversarial_active(step)),
+                 "train/lr_g": self._lr(0), "train/g_step": float(step + 1)})
     if self.adversarial: logs["train/lr_d"] = self._lr(1)
     self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
-    self.log("train/g_step", float(self.g_step), on_step=True, on_epoch=False, batch_size=1)
 
 # %% ../nbs/08_module.ipynb #a87da25d
 @patch_to(GANModule)
@@ -292,6 +378,13 @@ def setup(self, stage:str):
         for b in ("lr", "hr", "cond"):  # range-based normalisers can be built now
             self.normalisers[b] = build_normaliser(self.cfg.Data.normalization[b], self.value_range, f"Data.normalization.{b}")
     if self.value_range is not None and not self._val_metrics_ready: self._build_val_metrics()
+    if stage == "fit" and self.trainer.accumulate_grad_batches != self.plan.batches_per_step:
+        k = self.plan.accumulate
+        raise ConfigError(f"Training.accumulate_grad_batches: {k}, but the Trainer accumulates "
+                          f"{self.trainer.accumulate_grad_batches} batch(es): " + (
+                          f"a generator-only run accumulates through Lightning; pass Trainer(accumulate_grad_batches={k}) "
+                          f"(gan_engine's fit and build_trainer do)" if not self.adversarial else
+                          "with a discriminator gan_engine accumulates itself; leave Trainer(accumulate_grad_batches=1)"))
     if stage == "fit":
         for b in ("lr", "hr"):
             n = self.normalisers[b]
@@ -301,9 +394,14 @@ def setup(self, stage:str):
                                       "give them in the config or train with a GANDataModule")
                 dm.setup("fit"); n.fit(dm.train_dataset, key=b)
 
+class ScheduleFeed(L.Callback):
+    "Feeds each scheduled validation's metric to the plateau schedules, before any checkpoint of that validation is saved."
+    def on_validation_end(self, trainer, pl_module):
+        if isinstance(pl_module, GANModule): pl_module._feed_plateau()
+
 @patch_to(GANModule)
 def configure_callbacks(self):
-    return [EMACallback()] if self.ema is not None else []
+    return [ScheduleFeed(), *([EMACallback()] if self.ema is not None else [])]
 
 @patch_to(GANModule)
 def validation_step(self, batch:dict, batch_idx:int):
@@ -344,13 +442,23 @@ def on_validation_epoch_end(self):
     log_images(self.loggers, "val/panels", grid, self.g_step, caption=" | ".join(self.val_panels))
     self._last_image_step = self.g_step
 
+def _scheduled_validation(trainer)->bool:
+    "False for the extra validation Lightning runs when training is asked to stop (it would not have run otherwise)."
+    loop, fetcher = trainer.fit_loop.epoch_loop, getattr(trainer.fit_loop, "_data_fetcher", None)
+    if not trainer.should_stop or fetcher is None or not hasattr(loop, "_should_check_val_fx"): return True
+    trainer.should_stop = False
+    try: return bool(loop._should_check_val_fx(fetcher))
+    finally: trainer.should_stop = True
+
 @patch_to(GANModule)
-def on_validation_end(self):
-    # epoch metrics are in callback_metrics only now: feed the plateau schedules
-    if self.trainer.sanity_checking or self.cfg.Schedulers.decay != "plateau": return
-    scheds = self.lr_schedulers()
-    scheds = scheds if isinstance(scheds, list) else [scheds]
-    for sched, which in zip(scheds, "gd"):
+def _feed_plateau(self):
+    "Give the plateau schedules this validation's metric (epoch metrics reach callback_metrics only at validation end)."
+    # only while fitting (`trainer.validate` has no schedules and must change none), and only for validations
+    # that belong to the schedule: one added by a stop request would make a resumed run differ from one run
+    if self.trainer.sanity_checking or self.trainer.state.fn != TrainerFn.FITTING: return
+    if not _scheduled_validation(self.trainer): return
+    for sched, which in zip(self._schedulers(), "gd"):
+        if getattr(sched, "decay", None) != "plateau": continue
         key = self.cfg.Schedulers[f"metric_{which}"]
         if key not in self.trainer.callback_metrics:
             raise ConfigError(f"Schedulers.metric_{which}: '{key}' is never logged; logged metrics: "
@@ -379,15 +487,51 @@ def predict_step(self, batch, batch_idx:int):
 # %% ../nbs/08_module.ipynb #1b703908
 @patch_to(GANModule)
 def on_save_checkpoint(self, checkpoint:dict):
-    checkpoint["gan_engine"] = {"g_step": self.g_step, "d_step": self.d_step, "rng": rng_state()}
+    write_training_state(checkpoint, self.g_step, self.d_step, self.adversarial, [rng_state()])
+    if self._trainer is not None and self.trainer.validating and not _scheduled_validation(self.trainer):
+        # saved at the validation Lightning adds on a stop request: Lightning would restore its logger step one
+        # short from here (it adds the missing one only after a scheduled validation), overwriting a metrics row
+        shift_logger_step(checkpoint, 1)
+
+@patch_to(GANModule)
+def _fitting(self)->bool:
+    return self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING
 
 @patch_to(GANModule)
 def on_load_checkpoint(self, checkpoint:dict):
-    state = checkpoint.get("gan_engine")
+    state = read_training_state(checkpoint)
     if state is None:
-        warnings.warn("checkpoint has no gan_engine state: step counters start at 0", UserWarning); return
-    self.g_step, self.d_step = int(state["g_step"]), int(state["d_step"])
-    if "rng" in state: set_rng_state(state["rng"])
+        warnings.warn("The checkpoint has no gan_engine training state: step counters start at 0", UserWarning)
+    else:
+        self.g_step, self.d_step = int(state["g_step"]), int(state["d_step"])
+        rng = rank_rng(state, self.global_rank if self._trainer is not None else 0)
+        if self._fitting() and rng is not None: set_rng_state(rng)
+    self._adapt_discriminator(checkpoint)
+
+@patch_to(GANModule)
+def _adapt_discriminator(self, checkpoint:dict):
+    "Let a checkpoint with (or without) a discriminator continue in a run without (or with) one."
+    sd = checkpoint.get("state_dict")
+    if sd is None: return
+    has_d = any(k.startswith("discriminator.") for k in sd)
+    if self.adversarial and not has_d:
+        sd.update({f"discriminator.{k}": v for k, v in self.discriminator.state_dict().items()})
+        if self._fitting():
+            set_optimization_mode(checkpoint, manual=True)
+            src = "fresh" if self.discriminator_source == "fresh" else f"from {self.discriminator_source}"
+            warnings.warn(f"The checkpoint is of a generator-only run: the discriminator starts {src} at generator step "
+                          f"{self.g_step} (it trains from step {max(self.g_step, self.plan.pretrain_steps)})", UserWarning)
+    elif not self.adversarial and has_d:
+        for k in [k for k in sd if k.startswith("discriminator.")]: del sd[k]
+        if self._fitting():
+            checkpoint["optimizer_states"] = checkpoint.get("optimizer_states", [])[:1]
+            checkpoint["lr_schedulers"] = checkpoint.get("lr_schedulers", [])[:1]
+            set_optimization_mode(checkpoint, manual=False)
+            warnings.warn("The checkpoint has a discriminator but this config trains the generator alone "
+                          "(no adversarial or feature-matching weight): its weights are not used", UserWarning)
+    elif self.adversarial and self.discriminator_source != "fresh" and self._fitting():
+        warnings.warn(f"Model.load_discriminator ({self.discriminator_source}) is not used: the checkpoint has a "
+                      f"discriminator, and resuming continues it", UserWarning)
 
 # %% ../nbs/08_module.ipynb #aca35e0d
 def tiny_config(samples:str|Path="data_samples", # the shipped data_samples folder

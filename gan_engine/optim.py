@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
 
+from .steps import StepPlan
+
 # %% auto #0
 __all__ = ['param_groups', 'build_optimizer', 'WarmupDecayLR', 'optimizer_from_config', 'scheduler_from_config', 'clip_value']
 
@@ -43,46 +45,61 @@ def build_optimizer(module:nn.Module, # the network
     return cls(param_groups(module, weight_decay), lr=lr, betas=tuple(betas), eps=eps)
 
 # %% ../nbs/07a_optim.ipynb #0c42c45d
+_STATE = ("last_epoch", "_step_count", "plateau_scale", "best", "bad_validations")
+
 class WarmupDecayLR(LRScheduler):
-    "Warm-up then plateau, cosine or constant learning rate; one `step()` per generator step."
+    "Warm-up then plateau, cosine or constant learning rate on the generator-step clock; one `step()` per generator step."
     def __init__(self, optimizer:torch.optim.Optimizer,
-                 warmup_steps:int=0, # steps of warm-up
+                 warmup_steps:int=0, # steps of warm-up, counted from `origin`
                  warmup_type:str="linear", # linear | cosine
                  decay:str="none", # none | cosine | plateau
-                 total_steps:int|None=None, # end of the cosine decay (required for cosine)
+                 total_steps:int|None=None, # generator step where the cosine decay ends (required for cosine)
                  min_ratio:float=0.01, # cosine floor, as a share of the base LR
                  patience:int=10, # plateau: validations without improvement tolerated
                  factor:float=0.5, # plateau: LR multiplier on a plateau
                  mode:str="min", # plateau: is a lower or higher metric better
+                 origin:int=0, # generator step where this schedule starts (the discriminator's: end of pretraining)
                 ):
         if warmup_type not in ("linear", "cosine"): raise ValueError(f"Expected `warmup_type` to be 'linear' or 'cosine' but got {warmup_type!r}")
         if decay not in ("none", "cosine", "plateau"): raise ValueError(f"Expected `decay` to be 'none', 'cosine' or 'plateau' but got {decay!r}")
         if mode not in ("min", "max"): raise ValueError(f"Expected `mode` to be 'min' or 'max' but got {mode!r}")
-        if decay == "cosine" and not (total_steps and total_steps > warmup_steps):
-            raise ValueError(f"Expected `total_steps` (Training.max_steps) > warmup_steps={warmup_steps} for cosine decay but got {total_steps}")
+        for name, v in (("warmup_steps", warmup_steps), ("origin", origin)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"Expected `{name}` to be an int >= 0 but got {v!r}")
+        if decay == "cosine" and not (total_steps and total_steps > 0):
+            raise ValueError(f"Expected `total_steps` (Training.max_steps) > 0 for cosine decay but got {total_steps}")
         self.warmup_steps, self.warmup_type, self.decay, self.total_steps = warmup_steps, warmup_type, decay, total_steps
-        self.min_ratio, self.patience, self.factor, self.mode = min_ratio, patience, factor, mode
+        self.min_ratio, self.patience, self.factor, self.mode, self.origin = min_ratio, patience, factor, mode, origin
         self.plateau_scale, self.best, self.bad_validations = 1.0, None, 0
         super().__init__(optimizer)
 
     def factor_at(self, step:int)->float:
         "Multiplier on the base learning rate at generator step `step` (0-based)."
-        w = self.warmup_steps
-        if step < w:
-            p = (step + 1) / w
+        t, w = max(0, step - self.origin), self.warmup_steps
+        if t < w:
+            p = (t + 1) / w
             return p if self.warmup_type == "linear" else 0.5 * (1 - math.cos(math.pi * p))
         if self.decay == "cosine":
-            t = min(1.0, (step - w) / (self.total_steps - w))
-            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+            span = self.total_steps - self.origin - w
+            u = 1.0 if span <= 0 else min(1.0, (t - w) / span)
+            return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * u))
         return self.plateau_scale if self.decay == "plateau" else 1.0
 
     def get_lr(self)->list[float]:
         f = self.factor_at(self.last_epoch)
         return [base * f for base in self.base_lrs]
 
+    def _apply(self):
+        for g, lr in zip(self.optimizer.param_groups, self.get_lr()): g["lr"] = lr
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+    def go_to(self, step:int):
+        "Put the schedule at generator step `step` (e.g. a discriminator that joins a resumed run)."
+        self.last_epoch = int(step); self._apply()
+
     def observe(self, value:float)->bool:
         "Feed a validation metric (plateau decay); returns True when the LR was reduced."
-        if self.decay != "plateau" or self.last_epoch < self.warmup_steps: return False
+        if self.decay != "plateau" or self.last_epoch - self.origin < self.warmup_steps: return False
         value = float(value)
         better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
         if better: self.best, self.bad_validations = value, 0; return False
@@ -90,9 +107,18 @@ class WarmupDecayLR(LRScheduler):
         if self.bad_validations <= self.patience: return False
         self.plateau_scale *= self.factor
         self.bad_validations = 0
-        for g, lr in zip(self.optimizer.param_groups, self.get_lr()): g["lr"] = lr
-        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        self._apply()
         return True
+
+    def state_dict(self)->dict:
+        "Position and plateau state (settings come from the config the schedule is built with)."
+        return {k: getattr(self, k) for k in _STATE}
+
+    def load_state_dict(self, state_dict:dict):
+        "Restore the position and plateau state, then set the learning rates for that step from this schedule's settings."
+        for k in _STATE:
+            if k in state_dict: setattr(self, k, state_dict[k])
+        self._apply()
 
 # %% ../nbs/07a_optim.ipynb #12943cb6
 def optimizer_from_config(net:nn.Module, cfg, which:str)->torch.optim.Optimizer:
@@ -100,13 +126,13 @@ def optimizer_from_config(net:nn.Module, cfg, which:str)->torch.optim.Optimizer:
     o = cfg.Optimizers
     return build_optimizer(net, o.name, o[f"optim_{which}_lr"], o.betas, o.eps, o[f"weight_decay_{which}"])
 
-def scheduler_from_config(opt:torch.optim.Optimizer, cfg, which:str)->WarmupDecayLR:
-    "The schedule of the generator (`which='g'`) or discriminator (`'d'`) from `cfg.Schedulers`."
-    s = cfg.Schedulers
-    return WarmupDecayLR(opt, s[f"{which}_warmup_steps"], s[f"{which}_warmup_type"], s.decay,
-                         total_steps=cfg.Training.max_steps if cfg.Training.max_steps > 0 else None,
+def scheduler_from_config(opt:torch.optim.Optimizer, cfg, which:str, plan:StepPlan|None=None)->WarmupDecayLR:
+    "The schedule of the generator (`which='g'`) or discriminator (`'d'`): settings from `cfg.Schedulers`, clock from `plan`."
+    s, plan = cfg.Schedulers, plan or StepPlan.from_config(cfg)
+    return WarmupDecayLR(opt, plan.warmup_steps(which), s[f"{which}_warmup_type"], s.decay,
+                         total_steps=plan.max_steps if plan.max_steps > 0 else None,
                          min_ratio=s.cosine_min_ratio, patience=s[f"patience_{which}"], factor=s[f"factor_{which}"],
-                         mode=s[f"mode_{which}"])
+                         mode=s[f"mode_{which}"], origin=plan.lr_origin(which))
 
 def clip_value(cfg, which:str)->float|None:
     "Gradient clipping threshold for `which` ('g' or 'd'): its own key, else the shared one."

@@ -7,6 +7,7 @@ Docs: https://gan-engine.github.io/gan_engine/trainer.html.md"""
 # %% ../nbs/11_trainer.ipynb #a89ed1d5
 from __future__ import annotations
 import os, sys, threading, warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,18 +16,24 @@ import lightning as L
 import pandas as pd
 import torch
 
-from .config import Config, ConfigError, load_config, save_config
+from .config import (SPEC_KEYS, Config, ConfigError, ConfigWarning, import_object, is_class_spec,
+                               load_config, save_config)
+from .steps import StepPlan
 from .data import GANDataModule
 from .module import GANModule
 from .loggers import DataFrameLogger
-from .callbacks import build_callbacks, write_weight_files
+from .callbacks import GANCheckpoint, build_callbacks
+from .checkpoint import (CheckpointError, GANCheckpointIO, ema_state, load_state_file, read_checkpoint,
+                                   state_part, write_weight_files)
 
 # %% auto #0
-__all__ = ['PRECISION', 'strategy_for', 'build_logger', 'new_run_dir', 'run_dir_of', 'trainer_kwargs', 'build_trainer', 'Run',
-           'load_weights', 'prepare', 'fit', 'StopOnRequest', 'BackgroundRun', 'fit_in_background']
+__all__ = ['PRECISION', 'build_object', 'strategy_for', 'extra_objects', 'build_logger', 'new_run_dir', 'run_dir_of',
+           'launched_as_worker', 'RunDirSync', 'trainer_kwargs', 'build_trainer', 'Run', 'load_weights',
+           'load_discriminator_weights', 'prepare', 'fit', 'StopOnRequest', 'BackgroundRun', 'fit_in_background']
 
 # %% ../nbs/11_trainer.ipynb #400c1a02
 PRECISION = {32: "32-true", 16: "16-mixed", "bf16": "bf16-mixed"}
+_DDP_NAMES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
 def _interactive()->bool:
     "True inside Jupyter/IPython, where DDP must use the notebook launcher."
@@ -38,14 +45,52 @@ def _device_count(devices, accelerator)->int:
     if isinstance(devices, str) and devices.strip("-").isdigit(): return _device_count(int(devices), accelerator)
     return torch.cuda.device_count() if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else 1
 
-def strategy_for(cfg:Config)->str:
-    "The DDP flavour for several devices (see above), else 'auto'."
-    tr = cfg.Trainer
+def build_object(spec:Mapping, # {class_path: ..., init_args: {...}}
+                 key:str, # the config key it came from, for messages
+                 namespace:str|None=None, # module searched for a bare class name
+                 **defaults, # keyword arguments used unless init_args sets them
+                ):
+    "An object from Lightning's `class_path`/`init_args` form: an import path the user wrote on purpose."
+    path = str(spec["class_path"]).strip()
+    if ":" in path: obj = import_object(path, f"{key}.class_path")
+    elif "." in path:
+        mod, _, attr = path.rpartition(".")
+        obj = import_object(f"{mod}:{attr}", f"{key}.class_path")
+    elif namespace: obj = import_object(f"{namespace}:{path}", f"{key}.class_path")
+    else: raise ConfigError(f"{key}.class_path: {path!r} is not an import path like 'package.module.Class'")
+    try: return obj(**{**defaults, **dict(spec.get("init_args") or {})})
+    except TypeError as e: raise ConfigError(f"{key}.init_args: {path} refused them: {e}") from None
+
+def strategy_for(cfg:Config):
+    "The strategy: `Trainer.strategy` (keeping find_unused_parameters), else DDP for several devices, else 'auto'."
+    tr, unused = cfg.Trainer, cfg.Training.find_unused_parameters
+    s = tr.get("strategy")
+    if is_class_spec(s):
+        from lightning.pytorch.strategies import DDPStrategy
+        obj = build_object(s, "Trainer.strategy", SPEC_KEYS["strategy"])
+        if isinstance(obj, DDPStrategy) and unused and "find_unused_parameters" not in (s.get("init_args") or {}):
+            warnings.warn("Trainer.strategy: find_unused_parameters=True added (Training.find_unused_parameters)", ConfigWarning)
+            obj = build_object(s, "Trainer.strategy", SPEC_KEYS["strategy"], find_unused_parameters=True)
+        return obj
+    if isinstance(s, str):
+        if s in _DDP_NAMES and unused:
+            warnings.warn(f"Trainer.strategy={s!r} becomes {s}_find_unused_parameters_true (Training.find_unused_parameters: "
+                          "the discriminator's parameters get no gradient in the generator's backward pass)", ConfigWarning)
+            return f"{s}_find_unused_parameters_true"
+        return s
     if _device_count(tr.get("devices", "auto"), tr.get("accelerator", "auto")) * tr.get("num_nodes", 1) <= 1: return "auto"
     base = "ddp_notebook" if _interactive() else "ddp"
-    return base + ("_find_unused_parameters_true" if cfg.Training.find_unused_parameters else "")
+    return base + ("_find_unused_parameters_true" if unused else "")
 
 # %% ../nbs/11_trainer.ipynb #03407c21
+def extra_objects(cfg:Config, key:str)->list:
+    "The objects listed under `Trainer.<key>` in class_path form (strings pass through), built now."
+    v = cfg.Trainer.get(key)
+    if v is None: return []
+    items = v if isinstance(v, list) else [v]
+    return [build_object(x, f"Trainer.{key}" + (f"[{i}]" if isinstance(v, list) else ""), SPEC_KEYS[key])
+            if is_class_spec(x) else x for i, x in enumerate(items)]
+
 def build_logger(cfg:Config, run_dir:Path, resume:bool=False):
     "The logger named by `Logging.logger`, writing under `run_dir` (False for none)."
     kind = cfg.Logging.logger
@@ -75,19 +120,41 @@ def run_dir_of(ckpt:str|Path)->Path|None:
     p = Path(ckpt).resolve().parent
     return p.parent if p.name == "checkpoints" and (p.parent / "config.yaml").exists() else None
 
+_RUN_DIR_ENV = "GAN_ENGINE_RUN_DIR"
+
+def launched_as_worker(env:Mapping|None=None)->bool:
+    "True in a process that is not the run's first (global rank > 0), from the launcher's environment."
+    env = os.environ if env is None else env
+    for k in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        if k in env: return int(env[k]) > 0
+    return int(env.get("NODE_RANK", env.get("GROUP_RANK", 0))) > 0 or int(env.get("LOCAL_RANK", 0)) > 0
+
+class RunDirSync(L.Callback):
+    "Gives every process rank 0's run directory once they are connected (processes on other nodes could not inherit it)."
+    def __init__(self, run:"Run|None"=None): self.run = run
+    def setup(self, trainer, pl_module, stage:str):
+        if trainer.world_size <= 1 or self.run is None: return
+        self.run.run_dir = Path(trainer.strategy.broadcast(str(self.run.run_dir), src=0))
+
 # %% ../nbs/11_trainer.ipynb #8cdc9008
 def trainer_kwargs(cfg:Config, run_dir:Path, callbacks:Sequence=(), logger=None)->dict:
     "Keyword arguments for `lightning.Trainer` from the config (pass-through last)."
-    t = cfg.Training
-    kw = dict(max_steps=t.max_steps, precision=PRECISION[t.precision], default_root_dir=str(run_dir),
+    t, plan = cfg.Training, StepPlan.from_config(cfg)
+    own = logger if logger is not None else build_logger(cfg, run_dir)
+    loggers = [lg for lg in [own, *extra_objects(cfg, "logger")] if lg is not False]
+    plugins = extra_objects(cfg, "plugins")
+    if not any(isinstance(p, L.pytorch.plugins.io.CheckpointIO) for p in plugins): plugins.append(GANCheckpointIO())
+    kw = dict(max_steps=plan.max_steps, precision=PRECISION[t.precision], default_root_dir=str(run_dir),
               log_every_n_steps=10,  # finer than Lightning's 50: short laptop runs still get loss curves
-              logger=logger if logger is not None else build_logger(cfg, run_dir),
-              callbacks=[*build_callbacks(cfg, run_dir), *callbacks], strategy=strategy_for(cfg))
-    if t.max_steps > 0: kw["max_epochs"] = -1  # the step limit governs
+              logger=loggers if len(loggers) > 1 else (loggers[0] if loggers else False),
+              callbacks=[*build_callbacks(cfg, run_dir), *extra_objects(cfg, "callbacks"), *callbacks],
+              strategy=strategy_for(cfg), plugins=plugins, accumulate_grad_batches=plan.batches_per_step)
+    if plan.max_steps > 0: kw["max_epochs"] = -1  # the step limit governs
     own_val = {"val_check_interval", "check_val_every_n_epoch"} & set(cfg.Trainer)
     if t.val_every_n_steps and not own_val:
-        kw.update(val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None)
-    kw.update(cfg.Trainer)
+        kw.update(val_check_interval=t.val_every_n_steps * plan.batches_per_step, check_val_every_n_epoch=None)
+    kw.update({k: v for k, v in cfg.Trainer.items() if k not in ("callbacks", "logger", "strategy", "plugins")})
+    if is_class_spec(kw.get("profiler")): kw["profiler"] = build_object(kw["profiler"], "Trainer.profiler", SPEC_KEYS["profiler"])
     return kw
 
 def build_trainer(cfg:Config, # validated config
@@ -123,13 +190,18 @@ class Run:
         if isinstance(lg, DataFrameLogger): return lg.df
         return pd.DataFrame([{k: float(v) for k, v in self.trainer.callback_metrics.items()}])
 
+def _weights_file(path:str|Path):
+    "A checkpoint dict, or a plain state_dict from a .pt / .safetensors weights file."
+    p = Path(path)
+    return load_state_file(p) if p.suffix == ".safetensors" else read_checkpoint(p)
+
 def load_weights(module:GANModule, path:str|Path):
     "Initialise weights from a checkpoint (generator, discriminator, EMA where present) or a generator weights file."
-    from gan_engine.ema import ema_weights_from_checkpoint
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _weights_file(path)
+    if not isinstance(state, Mapping): raise CheckpointError(f"Expected '{path}' to hold a checkpoint dict or a state_dict")
     if "state_dict" in state:
         missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
-        ema = ema_weights_from_checkpoint(state)
+        ema = ema_state(state)
     else:
         missing, unexpected = module.generator.load_state_dict(state, strict=False); ema = None
     if unexpected or [k for k in missing if k.startswith("generator")]:
@@ -139,11 +211,19 @@ def load_weights(module:GANModule, path:str|Path):
         if ema is not None: module.ema.module.load_state_dict(ema)
         else: module.ema.reset(module.generator)
 
-_RUN_DIR_ENV = "GAN_ENGINE_RUN_DIR"
-
-def _launched_rank()->int:
-    "Rank of this process when a DDP launcher started it (0 otherwise)."
-    return int(os.environ.get("LOCAL_RANK", 0)) if _RUN_DIR_ENV in os.environ else 0
+def load_discriminator_weights(module:GANModule, path:str|Path):
+    "Start the discriminator from a checkpoint's discriminator or a discriminator weights file (`Model.load_discriminator`)."
+    if module.discriminator is None:
+        warnings.warn(f"Model.load_discriminator: {str(path)!r} is not used: this config trains no discriminator", ConfigWarning)
+        return
+    state = _weights_file(path)
+    sd = state_part(state, "discriminator") if isinstance(state, Mapping) and "state_dict" in state else state
+    if not sd: raise ConfigError(f"Model.load_discriminator: {str(path)!r} holds no discriminator weights")
+    try: module.discriminator.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        raise ConfigError(f"Model.load_discriminator: {str(path)!r} does not match this config's discriminator: "
+                          f"{str(e).strip().splitlines()[-1].strip()}") from None
+    module.discriminator_source = str(path)
 
 def prepare(config:Config|dict|str|None=None, # config, dict or YAML path (None = defaults)
             overrides:Sequence[str]=(), # dotted KEY=VALUE overrides
@@ -157,8 +237,8 @@ def prepare(config:Config|dict|str|None=None, # config, dict or YAML path (None 
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"Model.continue_training: checkpoint {str(resume)!r} does not exist")
     L.seed_everything(cfg.Training.seed, workers=True, verbose=False)
-    if _launched_rank() > 0:  # a DDP worker started by rank 0's launcher: use rank 0's run directory
-        run_dir = Path(os.environ[_RUN_DIR_ENV])
+    if launched_as_worker():  # not the first process: never choose or write a run directory
+        run_dir = Path(os.environ.get(_RUN_DIR_ENV) or cfg.Logging.output_dir)  # provisional; RunDirSync gives rank 0's
     else:
         run_dir = (run_dir_of(resume) if resume else None) or new_run_dir(cfg.Logging.output_dir)
         save_config(cfg, run_dir / ("config.yaml" if not resume else "config.resumed.yaml"))
@@ -166,9 +246,13 @@ def prepare(config:Config|dict|str|None=None, # config, dict or YAML path (None 
     dm = GANDataModule(cfg)
     module = GANModule(cfg, value_range=dm.value_range)
     if cfg.Model.load_checkpoint and not resume: load_weights(module, cfg.Model.load_checkpoint)
+    if cfg.Model.load_discriminator: load_discriminator_weights(module, cfg.Model.load_discriminator)
     logger = build_logger(cfg, run_dir, resume=bool(resume))
-    trainer = L.Trainer(**{**trainer_kwargs(cfg, run_dir, callbacks, logger), **trainer_overrides})
-    return Run(run_dir, module, trainer, dm, str(resume) if resume else None)
+    sync = RunDirSync()
+    trainer = L.Trainer(**{**trainer_kwargs(cfg, run_dir, [*callbacks, sync], logger), **trainer_overrides})
+    run = Run(run_dir, module, trainer, dm, str(resume) if resume else None)
+    sync.run = run
+    return run
 
 def fit(config:Config|dict|str|None=None, # config, dict or YAML path (None = defaults)
         overrides:Sequence[str]=(), # dotted KEY=VALUE overrides
@@ -181,18 +265,30 @@ def fit(config:Config|dict|str|None=None, # config, dict or YAML path (None = de
 
 # %% ../nbs/11_trainer.ipynb #8b5b1c80
 class StopOnRequest(L.Callback):
-    "Ends training at the next batch when `request()` was called, saving a checkpoint of that step."
+    "Ends training at the next generator step when `request()` was called (on any process), saving a checkpoint of that step."
     def __init__(self): self._event = threading.Event(); self.saved = None
     def request(self): self._event.set()
     @property
     def requested(self)->bool: return self._event.is_set()
+
+    @staticmethod
+    def _folder(trainer)->Path:
+        ck = next((c for c in trainer.checkpoint_callbacks if isinstance(c, GANCheckpoint) and c.dirpath), None)
+        return Path(ck.dirpath) if ck is not None else Path(trainer.default_root_dir) / "checkpoints"
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not self._event.is_set() or trainer.should_stop: return
+        loop = trainer.fit_loop.epoch_loop  # between micro-batches of one generator step: not yet
+        if trainer.accumulate_grad_batches > 1 and getattr(loop, "_should_accumulate", lambda: False)(): return
+        requested = self._event.is_set()
+        if trainer.world_size > 1:  # every process takes the same decision at the same step
+            requested = bool(trainer.strategy.reduce_boolean_decision(requested, all=False))
+        if not requested or self.saved is not None: return
         trainer.should_stop = True
-        path = Path(trainer.default_root_dir) / "checkpoints" / f"stopped-step={trainer.global_step}.ckpt"
+        path = Path(trainer.strategy.broadcast(str(self._folder(trainer) / f"stopped-step={trainer.global_step}.ckpt"), src=0))
         trainer.save_checkpoint(path)
         if trainer.is_global_zero:  # the raw and EMA generator weights beside it, as for every checkpoint
-            write_weight_files(torch.load(path, map_location="cpu", weights_only=True), path)
+            ck = next((c for c in trainer.checkpoint_callbacks if isinstance(c, GANCheckpoint)), None)
+            write_weight_files(read_checkpoint(path), path, weights_format=ck.weights_format if ck else "pt")
         self.saved = path
 
 class BackgroundRun:

@@ -590,9 +590,11 @@ class LiveTraining:
     def status_html(self)->str:
         "The status line: state, generator step and the error with its traceback when training failed."
         m = self.module
-        total = getattr(getattr(getattr(m, "cfg", None), "Training", None), "max_steps", None)
+        plan = getattr(m, "plan", None)  # the run's step plan: its length and the phase of the next step
+        total = plan.max_steps if plan is not None else None
         colour = {"running": "#1a7f37", "stopping": "#9a6700", "failed": "#cf222e"}.get(self.state, "#57606a")
         s = f"<b style='color:{colour}'>{self.state}</b> · step {m.g_step}" + (f" / {total}" if total and total > 0 else "")
+        if plan is not None: s += f" · {plan.phase(m.g_step)}"
         saved = getattr(getattr(self.session, "stopper", None), "saved", None)
         if saved: s += f" · checkpoint <code>{html.escape(str(saved))}</code>"
         if self.error is not None:

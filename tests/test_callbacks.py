@@ -8,9 +8,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torchmetrics.functional.image import peak_signal_noise_ratio, spectral_angle_mapper
 
-from gan_engine.callbacks import (EMA_SUFFIX, GENERATOR_SUFFIX, GANCheckpoint, GANEarlyStopping, SpectralMetrics,
-                                  TrainingHealth, TrainingHealthWarning, ValidationHook, build_callbacks,
-                                  checkpoint_callbacks, extra_validation_callbacks, weight_paths, write_weight_files)
+from gan_engine.callbacks import (GANCheckpoint, GANEarlyStopping, SpectralMetrics, TrainingHealth, TrainingHealthWarning,
+                                  ValidationHook, build_callbacks, checkpoint_callbacks, extra_validation_callbacks)
+from gan_engine.checkpoint import weight_paths, write_weight_files
+
+GENERATOR_SUFFIX, EMA_SUFFIX = ".generator.pt", ".generator_ema.pt"
 from gan_engine.config import ConfigError
 from gan_engine.data import GANDataModule
 from gan_engine.loggers import DataFrameLogger
@@ -267,8 +269,8 @@ def test_warn_only_keeps_training_but_never_saves_nonfinite_weights(tmp_path):
 
 class DWins(GANModule):
     "The logged D(real)/D(fake) say the discriminator wins completely."
-    def _discriminator_step(self, fake, real, cond):
-        out = super()._discriminator_step(fake, real, cond)
+    def _discriminator_step(self, items):
+        out = super()._discriminator_step(items)
         out.update(d_real=torch.tensor(0.95), d_fake=torch.tensor(0.002))
         return out
 

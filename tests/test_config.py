@@ -52,8 +52,9 @@ BAD = [
     ({"Logging": {"logger": "wanb"}}, "Logging.logger", "did you mean 'wandb'"),
     ({"Logging": {"display_bands": [0, 1, 7]}}, "Logging.display_bands", "band indices in [0, 2]"),
     ({"Trainer": {"max_epoch": 3}}, "Trainer.max_epoch", "did you mean 'max_epochs'"),
-    ({"Trainer": {"accumulate_grad_batches": 2}}, "Trainer.accumulate_grad_batches", "manual optimisation"),
-    ({"Trainer": {"precision": "16-mixed"}}, "Trainer.precision", "Training.precision"),
+    ({"Trainer": {"max_steps": 5}, "Training": {"max_steps": 6}}, "Trainer.max_steps", "conflicts with Training.max_steps: 6"),
+    ({"Trainer": {"callbacks": [{"init_args": {}}]}}, "Trainer.callbacks[0]", "class_path: package.module.Class"),
+    ({"Trainer": {"logger": {"class_path": "CSVLogger", "init": {}}}}, "Trainer.logger", "expected class_path and init_args"),
     ({"Trainr": {}}, "Trainr", "did you mean 'Trainer'"),
 ]
 

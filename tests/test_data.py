@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from gan_engine.data import (DataError, GANDataModule, IMAGE_EXTENSIONS, SRDataset, augment, bands_to_rgb, collate,
+from gan_engine.data import (DataError, GANDataModule, IMAGE_EXTENSIONS, ResumableSampler, SRDataset, augment, bands_to_rgb, collate,
                              crop_position, degrade, dtype_value_range, gaussian_blur, list_images, probe_image,
                              read_image, split_files)
 
@@ -390,7 +390,7 @@ def test_datamodule_from_config_with_val_dir():
     dm = GANDataModule(_cfg(train_dir=str(SAMPLES / "sr" / "train"), val_dir=str(SAMPLES / "sr" / "val"),
                             train_batch_size=4, val_batch_size=2, lr_patch_size=16))
     tl, vl = dm.train_dataloader(), dm.val_dataloader()
-    assert isinstance(tl.sampler, torch.utils.data.RandomSampler)
+    assert isinstance(tl.sampler, ResumableSampler) and tl.sampler.shuffle
     assert isinstance(vl.sampler, torch.utils.data.SequentialSampler)
     b = next(iter(tl))
     assert b["lr"].shape == (4, 3, 16, 16) and b["hr"].shape == (4, 3, 64, 64) and len(b["meta"]) == 4

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, TensorDataset
 import lightning as L
 
 from gan_engine.config import load_config
-from gan_engine.ema import EMA_CHECKPOINT_KEY, EMACallback, GeneratorEMA, ema_weights_from_checkpoint
+from gan_engine.checkpoint import EMA_KEY as EMA_CHECKPOINT_KEY, ema_state as ema_weights_from_checkpoint
+from gan_engine.ema import EMACallback, GeneratorEMA
 
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 pytestmark = [pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),

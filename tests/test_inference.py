@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from gan_engine.callbacks import write_weight_files
+from gan_engine.checkpoint import write_weight_files
 from gan_engine.config import save_config
 from gan_engine.data import DataError, GANDataModule, probe_image, read_image
-from gan_engine.ema import EMA_CHECKPOINT_KEY
+from gan_engine.checkpoint import EMA_KEY as EMA_CHECKPOINT_KEY
 from gan_engine.generators import build_generator
 from gan_engine.inference import (CheckpointError, Predictor, blend_window, load_predictor, output_format,
                                   predict_path, predict_tiled, tile_starts, write_image)

@@ -10,7 +10,8 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from gan_engine.data import GANDataModule
 from gan_engine.ema import EMACallback
-from gan_engine.module import GANModule, tiny_config, uses_discriminator
+from gan_engine.module import GANModule, tiny_config
+from gan_engine.steps import StepPlan
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -53,7 +54,7 @@ def test_discriminator_cadence_and_step_counts(interval, pretrain, steps):
 
 def test_generator_only_uses_automatic_optimisation_and_no_discriminator():
     cfg = tiny_config(SAMPLES, ["Training.Losses.adv_loss_beta=0", "Data.repeat=4"])
-    assert not uses_discriminator(cfg)
+    assert not StepPlan.from_config(cfg).adversarial
     module, t = fit(cfg, 5, check_val_every_n_epoch=1000)
     assert module.automatic_optimization and module.discriminator is None
     assert not any("discriminator" in k for k in module.state_dict())
@@ -98,10 +99,8 @@ def _state(module):
             "ema": module.ema.module.state_dict(), "steps": (module.g_step, module.d_step, module.ema.num_updates)}
 
 
-# 3 batches per epoch. Inside an epoch, Lightning restarts a plain DataLoader from its first batch on
-# resume (the loader keeps no position), so batches repeat: a known limitation, kept visible here.
-@pytest.mark.parametrize("at", [6, 9, pytest.param(7, marks=pytest.mark.xfail(strict=True,
-                         reason="mid-epoch resume replays the epoch's first batches (plain DataLoader)"))])
+# 3 batches per epoch: steps 6 and 9 end an epoch, 7 is mid-epoch (the loader resumes at its position)
+@pytest.mark.parametrize("at", [6, 7, 9])
 def test_resume_is_identical_to_one_run(tmp_path, at):
     from lightning.pytorch.callbacks import ModelCheckpoint
     cfg = tiny_config(SAMPLES, ["Training.g_pretrain_steps=4", "Training.d_update_interval=2"])

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from gan_engine.config import ConfigError
+from gan_engine.config import ConfigError, ConfigWarning
 from gan_engine.loggers import DataFrameLogger
 from gan_engine.module import tiny_config
 from gan_engine.trainer import build_trainer, fit, trainer_kwargs
@@ -28,8 +28,8 @@ def test_trainer_pass_through_and_errors(tmp_path):
     assert "bf16" in str(t.precision)
     with pytest.raises(ConfigError, match="Trainer.log_every_n_step: not a lightning.Trainer keyword .*did you mean 'log_every_n_steps'"):
         cfg_in(tmp_path, "Trainer.log_every_n_step=2")
-    with pytest.raises(ConfigError, match="Trainer.accumulate_grad_batches: managed by gan_engine"):
-        cfg_in(tmp_path, "Trainer.accumulate_grad_batches=2")
+    with pytest.warns(ConfigWarning, match="Trainer.accumulate_grad_batches=2 moved to Training.accumulate_grad_batches"):
+        assert cfg_in(tmp_path, "Trainer.accumulate_grad_batches=2").Training.accumulate_grad_batches == 2
     # the user's own val_check_interval wins over Training.val_every_n_steps
     kw = trainer_kwargs(cfg_in(tmp_path, "Trainer.check_val_every_n_epoch=2"), tmp_path)
     assert kw["check_val_every_n_epoch"] == 2 and "val_check_interval" not in kw
