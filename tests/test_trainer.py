@@ -102,3 +102,10 @@ def test_two_process_ddp(tmp_path):
     assert all(x["strategy"] == "DDPStrategy" for x in reports)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "run"]  # no second run directory
     assert (out / "metrics.csv").exists() and (out / "checkpoints" / "last.ckpt").exists()
+    # the run continues on one device: rank 0's random state, the data position mapped to one process
+    cfg = tiny_config(SAMPLES, [f"Logging.output_dir={out}", "Trainer.accelerator=cpu", "Trainer.devices=1", *QUIET,
+                                "Training.max_steps=8", "Training.g_pretrain_steps=2", "Training.val_every_n_steps=3"])
+    with pytest.warns(UserWarning, match="Resuming with batch size 4 x 1 process"):
+        more = fit(cfg, resume=out / "checkpoints" / "last.ckpt")
+    assert (more.module.g_step, more.trainer.global_step, more.trainer.world_size) == (8, 8, 1)
+    assert more.run_dir == out
