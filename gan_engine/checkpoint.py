@@ -6,7 +6,7 @@ Docs: https://gan-engine.github.io/gan_engine/checkpoint.html.md"""
 
 # %% ../nbs/06a_checkpoint.ipynb #ebb644d4
 from __future__ import annotations
-import os, random, warnings
+import os, random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable

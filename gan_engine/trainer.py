@@ -10,21 +10,23 @@ import os, sys, threading, warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import lightning as L
 import pandas as pd
 import torch
 
-from .config import (SPEC_KEYS, Config, ConfigError, ConfigWarning, import_object, is_class_spec,
-                               load_config, save_config)
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from .config import SPEC_KEYS, Config, ConfigError, ConfigWarning, import_object, is_class_spec
+from .config import load_config, save_config
 from .steps import StepPlan
 from .data import GANDataModule
 from .module import GANModule
 from .loggers import DataFrameLogger
 from .callbacks import GANCheckpoint, build_callbacks
-from .checkpoint import (CheckpointError, GANCheckpointIO, ema_state, load_state_file, read_checkpoint,
-                                   state_part, write_weight_files)
+from .checkpoint import CheckpointError, GANCheckpointIO, ema_state, load_state_file, read_checkpoint
+from .checkpoint import state_part, write_weight_files
 
 # %% auto #0
 __all__ = ['PRECISION', 'build_object', 'strategy_for', 'extra_objects', 'build_logger', 'new_run_dir', 'run_dir_of',
@@ -143,7 +145,7 @@ def trainer_kwargs(cfg:Config, run_dir:Path, callbacks:Sequence=(), logger=None)
     own = logger if logger is not None else build_logger(cfg, run_dir)
     loggers = [lg for lg in [own, *extra_objects(cfg, "logger")] if lg is not False]
     plugins = extra_objects(cfg, "plugins")
-    if not any(isinstance(p, L.pytorch.plugins.io.CheckpointIO) for p in plugins): plugins.append(GANCheckpointIO())
+    if not any(isinstance(p, CheckpointIO) for p in plugins): plugins.append(GANCheckpointIO())
     kw = dict(max_steps=plan.max_steps, precision=PRECISION[t.precision], default_root_dir=str(run_dir),
               log_every_n_steps=10,  # finer than Lightning's 50: short laptop runs still get loss curves
               logger=loggers if len(loggers) > 1 else (loggers[0] if loggers else False),

@@ -4,7 +4,7 @@ Each test here failed on the code before the issue (the failing behaviour is nam
 checks the behaviour users rely on, on the paths they take: `fit()` with the config, `fit(resume=last.ckpt)`,
 `trainer.validate(ckpt_path=...)`, the `gan-engine` command, a real `kill -9`, and DDP across two "nodes".
 """
-import json, math, os, random, signal, socket, subprocess, sys, textwrap, time, warnings
+import json, math, os, random, signal, socket, subprocess, sys, time
 from pathlib import Path
 
 import lightning as L
