@@ -17,7 +17,8 @@ from torchmetrics import MeanMetric
 from torchmetrics.functional.image import spectral_angle_mapper
 from torchmetrics.image import PeakSignalNoiseRatio
 
-from .config import Config, ConfigError, ConfigWarning, Registry, did_you_mean, import_object, is_import_path
+from .config import Config
+from .registry import ConfigError, ConfigWarning, Registry, did_you_mean, import_object, is_import_path
 from .checkpoint import EMA_KEY, WEIGHT_FORMATS, weight_paths, write_weight_files
 
 # %% auto #0
@@ -318,7 +319,7 @@ class SpectralMetrics(ValidationHook):
         return out
 
 # %% ../nbs/09_callbacks.ipynb #e780cf06
-EXTRA_VALIDATION = Registry("extra validation callback", "Callbacks.extra_validation")
+EXTRA_VALIDATION = Registry.of("extra validation callback", "Callbacks.extra_validation")
 EXTRA_VALIDATION.register("spectral", SpectralMetrics)
 EXTRA_VALIDATION.register("per_band", SpectralMetrics)
 

@@ -50,7 +50,8 @@ def _preview(cfg:Config, out:Path)->list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import torch.nn.functional as F
-    from gan_engine.data import GANDataModule, bands_to_rgb
+    from gan_engine.data import GANDataModule, bands_to_rgb, check_paths
+    check_paths(cfg)
     dm = GANDataModule(cfg)
     dm.setup()
     batches = [("train", next(iter(dm.train_dataloader())))]
@@ -125,10 +126,11 @@ def _train(args)->Path:
 
 def _validate(args)->Path:
     import lightning as L
-    from gan_engine.data import GANDataModule
+    from gan_engine.data import GANDataModule, check_paths
     from gan_engine.module import GANModule
     if not Path(args.ckpt).is_file(): raise FileNotFoundError(f"checkpoint {args.ckpt!r} does not exist")
     cfg = _config(args, args.ckpt)
+    check_paths(cfg)
     dm = GANDataModule(cfg)
     module = GANModule(cfg, value_range=dm.value_range)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,

@@ -1,4 +1,4 @@
-"""One validated YAML config drives data, networks, losses, training and logging: defaults, checks, overrides, snapshots and OpenSR-SRGAN import.
+"""One validated YAML config drives data, networks, losses, training and logging: the schema with every key's default and meaning, loading with overrides, checks that name the key and what is allowed, the `Trainer:` pass-through, and snapshots.
 
 Docs: https://gan-engine.github.io/gan_engine/config.html.md"""
 
@@ -6,114 +6,21 @@ Docs: https://gan-engine.github.io/gan_engine/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #ae5559c7
 from __future__ import annotations
-import copy, difflib, importlib, inspect, sys, warnings
-from dataclasses import dataclass, field
+import copy, inspect, warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
+from .registry import (ConfigError, ConfigWarning, did_you_mean, import_object, is_import_path, registry_for,
+                                 has_key, get_key, set_key)
+from .opensr import translate_opensr
+
 # %% auto #0
-__all__ = ['GENERATORS', 'DISCRIMINATORS', 'NORMALISERS', 'SCHEMA', 'SPEC_KEYS', 'ConfigError', 'ConfigWarning', 'did_you_mean',
-           'Registry', 'public_name', 'is_import_path', 'import_object', 'Key', 'describe_config', 'Section', 'Config',
-           'ConfigLoader', 'yaml_load', 'parse_override', 'smallest_image', 'trainer_keywords', 'is_class_spec',
-           'load_config', 'save_config']
-
-# %% ../nbs/00_config.ipynb #dfca93a1
-class ConfigError(ValueError):
-    "A config (or a value named by one) is invalid; `problems` lists each problem, one per line."
-    def __init__(self,
-                 problems:str|Iterable[str]): # one message, or several collected by validation
-        self.problems = [problems] if isinstance(problems, str) else list(problems)
-        n = len(self.problems)
-        head = "Invalid configuration" if n == 1 else f"Invalid configuration ({n} problems)"
-        super().__init__(head + ":\n" + "\n".join(f"  - {p}" for p in self.problems))
-
-class ConfigWarning(UserWarning):
-    "A config key was accepted but cannot be honoured exactly (e.g. an OpenSR-SRGAN key)."
-
-# %% ../nbs/00_config.ipynb #92ea178e
-def did_you_mean(word:str, # the unknown word
-                 options:Iterable[str], # the words that would be accepted
-                )->str: # `" (did you mean 'x'?)"` or `""`
-    "A hint naming the closest accepted option, if one is close."
-    opts = [str(o) for o in options]
-    low = {o.lower(): o for o in opts}
-    hit = difflib.get_close_matches(str(word).lower(), list(low), n=1, cutoff=0.6)
-    return f" (did you mean '{low[hit[0]]}'?)" if hit else ""
-
-# %% ../nbs/00_config.ipynb #f22f20d5
-class Registry:
-    "Names usable in configs mapped to factories; import paths `pkg.mod:attr` resolved on request."
-    def __init__(self,
-                 kind:str, # what it holds, for messages ("generator")
-                 key:str, # the config key that selects from it ("Generator.model_type")
-                 provider:str|None=None): # module that registers the built-ins
-        self.kind, self.key, self.provider, self._items = kind, key, provider, {}
-
-    def _load(self):
-        if self.provider: importlib.import_module(self.provider)
-
-    def register(self, name:str, obj:Callable|None=None):
-        "Register `obj` under `name` (lower-cased); usable as a decorator."
-        def deco(o):
-            self._items[name.lower()] = o
-            return o
-        return deco(obj) if obj is not None else deco
-
-    def names(self)->list[str]:
-        "Registered names, built-ins included."
-        self._load()
-        return sorted(self._items)
-
-    def __contains__(self, name): return str(name).lower() in self.names()
-
-    def build(self, name:str, *args, expected:type|None=None):
-        "Call the factory for `name` with `args`, checking the result is an `expected` instance."
-        obj = self.get(name)(*args)
-        if expected is not None and not isinstance(obj, expected):
-            raise TypeError(f"Expected the {self.kind} builder for {name!r} to return a "
-                            f"{public_name(expected)} but got {type(obj).__name__}")
-        return obj
-
-    def get(self, name:str)->Callable:
-        "The factory for `name`, or the object at import path `pkg.mod:attr`."
-        if is_import_path(name): return import_object(name, self.key)
-        names = self.names()
-        if str(name).lower() not in self._items:
-            raise ConfigError(f"{self.key}: unknown {self.kind} {name!r}{did_you_mean(name, names)}; "
-                              f"expected one of {names} or an import path 'package.module:Name'")
-        return self._items[str(name).lower()]
-
-    def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names())})"
-
-def public_name(t:type)->str:
-    "The shortest importable dotted name of class `t` (e.g. `torch.nn.Module`, not `torch.nn.modules.module.Module`)."
-    parts = t.__module__.split(".")
-    for i in range(1, len(parts) + 1):
-        mod = sys.modules.get(".".join(parts[:i]))
-        if mod is not None and getattr(mod, t.__qualname__, None) is t: return f"{'.'.join(parts[:i])}.{t.__qualname__}"
-    return f"{t.__module__}.{t.__qualname__}"
-
-def is_import_path(name)->bool:
-    "True for strings of the form `package.module:attribute`."
-    return isinstance(name, str) and ":" in name and all(p.strip() for p in name.split(":", 1))
-
-def import_object(path:str, # "package.module:attribute"
-                  key:str="value"): # config key it came from, for messages
-    "Import the object at `path`; the user named it on purpose in a config."
-    mod, _, attr = path.partition(":")
-    try: obj = importlib.import_module(mod)
-    except ImportError as e: raise ConfigError(f"{key}: cannot import module {mod!r} from {path!r} ({e})") from e
-    for a in attr.split("."):
-        if not hasattr(obj, a): raise ConfigError(f"{key}: module {mod!r} has no attribute {attr!r}")
-        obj = getattr(obj, a)
-    return obj
-
-# %% ../nbs/00_config.ipynb #e8b402d2
-GENERATORS = Registry("generator", "Generator.model_type", "gan_engine.generators")
-DISCRIMINATORS = Registry("discriminator", "Discriminator.model_type", "gan_engine.discriminators")
-NORMALISERS = Registry("normaliser", "Data.normalization", "gan_engine.normalise")
+__all__ = ['SCALES', 'SR_SCALES', 'EMA_DECAY_RANGE', 'SCHEMA', 'SPEC_KEYS', 'Key', 'describe_config', 'Section', 'Config',
+           'ConfigLoader', 'yaml_load', 'parse_override', 'trainer_keywords', 'is_class_spec', 'load_config',
+           'save_config']
 
 # %% ../nbs/00_config.ipynb #be2da59b
 @dataclass
@@ -123,205 +30,228 @@ class Key:
     type: str  # int | float | bool | str | list | dict | path | any
     doc: str
     choices: tuple|None = None   # fixed choices (matched case-insensitively for strings)
-    registry: Registry|None = None  # choices from a registry (import paths also accepted)
+    registry: str|None = None    # kind of registry giving the choices (import paths also accepted), e.g. "generator"
     lo: float|None = None        # inclusive minimum
-    hi: float|None = None        # inclusive maximum
+    hi: float|None = None        # maximum (inclusive unless hi_open)
+    hi_open: bool = False        # the maximum itself is not allowed
     nullable: bool = False       # `null` accepted
     false_ok: bool = False       # `false` accepted (e.g. "no checkpoint")
     open_dict: bool = False      # a mapping whose keys are free (user-named)
 
-def _k(default, type, doc, **kw): return Key(default, type, doc, **kw)
+def _key(default, type, doc, **kw): return Key(default, type, doc, **kw)
 
 # %% ../nbs/00_config.ipynb #11651d52
+SCALES = (1, 2, 3, 4, 8)                 # generator scaling factors (1: same-size tasks)
+SR_SCALES = tuple(s for s in SCALES if s > 1)  # super-resolution factors (Data.scale)
+EMA_DECAY_RANGE = (0.0, 1.0)             # [0, 1): 0 copies the generator, 1 would never move from its first weights
 _NORM_DOC = "normaliser: a name ({}) or a mapping {{name: ..., **kwargs}}"
-SCHEMA: dict = {
-"Data": {
-    "train_dir": _k(None, "path", "folder of training HR images (required to train)", nullable=True),
-    "val_dir": _k(None, "path", "folder of validation HR images; null = split off Data.val_fraction", nullable=True),
-    "val_fraction": _k(0.1, "float", "share of train_dir held back for validation when val_dir is null", lo=0.0, hi=0.9),
-    "train_lr_dir": _k(None, "path", "paired LR training images (same stems); null = degrade HR on the fly", nullable=True),
-    "val_lr_dir": _k(None, "path", "paired LR validation images; null = degrade HR on the fly", nullable=True),
-    "scale": _k(4, "int", "super-resolution factor HR/LR", choices=(2, 3, 4, 8)),
-    "lr_patch_size": _k(32, "int", "side of the LR crop; HR crops are lr_patch_size * scale", lo=4),
-    "train_batch_size": _k(8, "int", "training batch size (per device)", lo=1),
-    "val_batch_size": _k(8, "int", "validation batch size (per device)", lo=1),
-    "num_workers": _k(0, "int", "DataLoader worker processes", lo=0),
-    "prefetch_factor": _k(None, "int", "batches prefetched per worker (only with num_workers > 0)", lo=1, nullable=True),
-    "extensions": _k([".png", ".jpg", ".jpeg", ".npy", ".tif", ".tiff"], "list", "file extensions read from the folders"),
-    "value_range": _k(None, "list", "[low, high] of raw pixel values; null = from the dtype (uint8 0..255, uint16 0..65535, float 0..1)", nullable=True),
-    "allow_nonfinite": _k(False, "bool", "accept NaN/Inf pixels instead of raising"),
-    "band_names": _k(None, "list", "names of the bands, for logs and display", nullable=True),
-    "repeat": _k(1, "int", "passes over the training files per epoch (random crops differ each pass)", lo=1),
+SCHEMA: dict = {}  # section -> {key: Key or sub-section}; filled section by section below
+
+# %% ../nbs/00_config.ipynb #4ef8d802
+SCHEMA["Data"] = {
+    "train_dir": _key(None, "path", "folder of training HR images (required to train)", nullable=True),
+    "val_dir": _key(None, "path", "folder of validation HR images; null = split off Data.val_fraction", nullable=True),
+    "val_fraction": _key(0.1, "float", "share of train_dir held back for validation when val_dir is null", lo=0.0, hi=0.9),
+    "train_lr_dir": _key(None, "path", "paired LR training images (same stems); null = degrade HR on the fly", nullable=True),
+    "val_lr_dir": _key(None, "path", "paired LR validation images; null = degrade HR on the fly", nullable=True),
+    "scale": _key(4, "int", "super-resolution factor HR/LR", choices=SR_SCALES),
+    "lr_patch_size": _key(32, "int", "side of the LR crop; HR crops are lr_patch_size * scale", lo=4),
+    "train_batch_size": _key(8, "int", "training batch size (per device)", lo=1),
+    "val_batch_size": _key(8, "int", "validation batch size (per device)", lo=1),
+    "num_workers": _key(0, "int", "DataLoader worker processes", lo=0),
+    "prefetch_factor": _key(None, "int", "batches prefetched per worker (only with num_workers > 0)", lo=1, nullable=True),
+    "extensions": _key([".png", ".jpg", ".jpeg", ".npy", ".tif", ".tiff"], "list", "file extensions read from the folders"),
+    "value_range": _key(None, "list", "[low, high] of raw pixel values; null = from the dtype (uint8 0..255, uint16 0..65535, float 0..1)", nullable=True),
+    "allow_nonfinite": _key(False, "bool", "accept NaN/Inf pixels instead of raising"),
+    "band_names": _key(None, "list", "names of the bands, for logs and display", nullable=True),
+    "repeat": _key(1, "int", "passes over the training files per epoch (random crops differ each pass)", lo=1),
     "augment": {
-        "hflip": _k(True, "bool", "random horizontal flips of training crops"),
-        "vflip": _k(True, "bool", "random vertical flips of training crops"),
-        "rot90": _k(True, "bool", "random 90-degree rotations of training crops"),
+        "hflip": _key(True, "bool", "random horizontal flips of training crops"),
+        "vflip": _key(True, "bool", "random vertical flips of training crops"),
+        "rot90": _key(True, "bool", "random 90-degree rotations of training crops"),
     },
     "degradation": {
-        "blur_sigma": _k(0.0, "float", "Gaussian blur sigma (HR pixels) before downscaling", lo=0.0),
-        "noise_std": _k(0.0, "float", "Gaussian noise std after downscaling, in raw value units", lo=0.0),
-        "antialias": _k(True, "bool", "antialiased bicubic downscaling"),
+        "blur_sigma": _key(0.0, "float", "Gaussian blur sigma (HR pixels) before downscaling", lo=0.0),
+        "noise_std": _key(0.0, "float", "Gaussian noise std after downscaling, in raw value units", lo=0.0),
+        "antialias": _key(True, "bool", "antialiased bicubic downscaling"),
     },
     "normalization": {
-        "lr": _k("zero_one", "any", "LR-branch " + _NORM_DOC.format("see NORMALISERS"), registry=NORMALISERS),
-        "hr": _k("zero_one", "any", "HR-branch " + _NORM_DOC.format("see NORMALISERS"), registry=NORMALISERS),
-        "cond": _k("identity", "any", "conditioning-branch " + _NORM_DOC.format("see NORMALISERS"), registry=NORMALISERS),
+        "lr": _key("zero_one", "any", "LR-branch " + _NORM_DOC.format("see the normaliser registry"), registry="normaliser"),
+        "hr": _key("zero_one", "any", "HR-branch " + _NORM_DOC.format("see the normaliser registry"), registry="normaliser"),
+        "cond": _key("identity", "any", "conditioning-branch " + _NORM_DOC.format("see the normaliser registry"), registry="normaliser"),
     },
-},
-"Model": {
-    "task": _k("sr", "str", "what the generator learns", choices=("sr", "inpaint", "prompt")),
-    "in_bands": _k(3, "int", "bands of the input images", lo=1),
-    "out_bands": _k(None, "int", "bands of the output; null = in_bands", lo=1, nullable=True),
-    "cond_dim": _k(0, "int", "size of the conditioning embedding (0 = none)", lo=0),
-    "continue_training": _k(False, "path", "checkpoint to resume the full run from, or false", false_ok=True, nullable=True),
-    "load_checkpoint": _k(False, "path", "checkpoint or weights file to initialise weights from (no optimiser state), or false", false_ok=True, nullable=True),
-    "load_discriminator": _k(False, "path", "checkpoint or discriminator weights file to start the discriminator from (e.g. when a generator-only run continues adversarially), or false", false_ok=True, nullable=True),
-},
-"Generator": {
-    "model_type": _k("srresnet", "str", "generator architecture", registry=GENERATORS),
-    "block_type": _k("standard", "str", "residual block of the SRResNet trunk", choices=("standard", "res", "rcab", "rrdb", "lka")),
-    "n_channels": _k(64, "int", "feature channels of the trunk", lo=1),
-    "n_blocks": _k(16, "int", "number of residual blocks", lo=1),
-    "large_kernel_size": _k(9, "int", "kernel size of the head and tail convolutions", lo=1),
-    "small_kernel_size": _k(3, "int", "kernel size inside the blocks", lo=1),
-    "scaling_factor": _k(None, "int", "upsampling factor; null = Data.scale", choices=(1, 2, 3, 4, 8), nullable=True),
-    "growth_channels": _k(32, "int", "growth channels of RRDB dense blocks", lo=1),
-    "res_scale": _k(0.2, "float", "residual scaling of res/RRDB blocks", lo=0.0, hi=1.0),
-    "use_icnr": _k(True, "bool", "ICNR initialisation of pixel-shuffle convolutions (no checkerboard at start)"),
-    "reduction": _k(16, "int", "channel-attention reduction of RCAB blocks", lo=1),
-    "unet_depth": _k(4, "int", "down/up levels of the U-Net generator", lo=1, hi=8),
-    "extra_in_channels": _k(0, "int", "extra input channels (e.g. 1 for an inpainting mask)", lo=0),
-    "global_residual": _k("none", "str", "add an upsampled copy of the input to the output (needs in_bands == out_bands)", choices=("none", "nearest", "bilinear", "bicubic")),
-},
-"Discriminator": {
-    "model_type": _k("standard", "str", "discriminator architecture", registry=DISCRIMINATORS),
-    "n_blocks": _k(None, "int", "convolution blocks (standard) or levels (patchgan, unet); null = 8 / 3 / 3", lo=1, nullable=True),
-    "base_channels": _k(64, "int", "channels of the first block", lo=1),
-    "linear_size": _k(1024, "int", "hidden size of the standard discriminator's head", lo=1),
-    "use_spectral_norm": _k(None, "bool", "spectral normalisation on conv/linear layers; null = off / off / on (standard / patchgan / unet)", nullable=True),
-    "norm": _k("batch", "str", "normalisation layers (standard, patchgan)", choices=("batch", "instance", "none")),
-},
-"Training": {
-    "max_steps": _k(2000, "int", "generator steps (generator updates) to train; -1 = no step limit", lo=-1),
-    "accumulate_grad_batches": _k(1, "int", "micro-batches of Data.train_batch_size per generator step (gradient accumulation)", lo=1),
-    "val_every_n_steps": _k(250, "int", "validate every N generator steps (0 = Lightning's per-epoch default or Trainer.val_check_interval)", lo=0),
-    "seed": _k(42, "int", "random seed for weights, crops and splits", lo=0),
-    "precision": _k(32, "any", "numeric precision", choices=(32, 16, "bf16")),
-    "pretrain_g_only": _k(True, "bool", "train the generator alone for g_pretrain_steps first"),
-    "g_pretrain_steps": _k(1000, "int", "generator-only steps before adversarial training", lo=0),
-    "adv_loss_ramp_steps": _k(500, "int", "generator steps to ramp the adversarial weight to adv_loss_beta", lo=0),
-    "label_smoothing": _k(True, "bool", "real label 0.9 instead of 1 for the discriminator (bce)"),
-    "d_update_interval": _k(1, "int", "update D once every N generator steps", lo=1),
-    "find_unused_parameters": _k(True, "bool", "DDP find_unused_parameters (needed when one optimiser's loss skips parameters)"),
+}
+
+# %% ../nbs/00_config.ipynb #547a239c
+SCHEMA["Model"] = {
+    "task": _key("sr", "str", "what the generator learns", choices=("sr", "inpaint", "prompt")),
+    "in_bands": _key(3, "int", "bands of the input images", lo=1),
+    "out_bands": _key(None, "int", "bands of the output; null = in_bands", lo=1, nullable=True),
+    "cond_dim": _key(0, "int", "size of the conditioning embedding (0 = none)", lo=0),
+    "continue_training": _key(False, "path", "checkpoint to resume the full run from, or false", false_ok=True, nullable=True),
+    "load_checkpoint": _key(False, "path", "checkpoint or weights file to initialise weights from (no optimiser state), or false", false_ok=True, nullable=True),
+    "load_discriminator": _key(False, "path", "checkpoint or discriminator weights file to start the discriminator from (e.g. when a generator-only run continues adversarially), or false", false_ok=True, nullable=True),
+}
+
+# %% ../nbs/00_config.ipynb #92b08c72
+SCHEMA["Generator"] = {
+    "model_type": _key("srresnet", "str", "generator architecture", registry="generator"),
+    "block_type": _key("standard", "str", "residual block of the SRResNet trunk", choices=("standard", "res", "rcab", "rrdb", "lka")),
+    "n_channels": _key(64, "int", "feature channels of the trunk", lo=1),
+    "n_blocks": _key(16, "int", "number of residual blocks", lo=1),
+    "large_kernel_size": _key(9, "int", "kernel size of the head and tail convolutions", lo=1),
+    "small_kernel_size": _key(3, "int", "kernel size inside the blocks", lo=1),
+    "scaling_factor": _key(None, "int", "upsampling factor; null = Data.scale (1 for same-size tasks)", choices=SCALES, nullable=True),
+    "growth_channels": _key(32, "int", "growth channels of RRDB dense blocks", lo=1),
+    "res_scale": _key(0.2, "float", "residual scaling of res/RRDB blocks", lo=0.0, hi=1.0),
+    "use_icnr": _key(True, "bool", "ICNR initialisation of pixel-shuffle convolutions (no checkerboard at start)"),
+    "reduction": _key(16, "int", "channel-attention reduction of RCAB blocks", lo=1),
+    "unet_depth": _key(4, "int", "down/up levels of the U-Net generator", lo=1, hi=8),
+    "extra_in_channels": _key(0, "int", "extra input channels (e.g. 1 for an inpainting mask)", lo=0),
+    "global_residual": _key("none", "str", "add an upsampled copy of the input to the output (needs in_bands == out_bands)", choices=("none", "nearest", "bilinear", "bicubic")),
+}
+
+# %% ../nbs/00_config.ipynb #3722c98c
+SCHEMA["Discriminator"] = {
+    "model_type": _key("standard", "str", "discriminator architecture", registry="discriminator"),
+    "n_blocks": _key(None, "int", "convolution blocks (standard) or levels (patchgan, unet); null = 8 / 3 / 3", lo=1, nullable=True),
+    "base_channels": _key(64, "int", "channels of the first block", lo=1),
+    "linear_size": _key(1024, "int", "hidden size of the standard discriminator's head", lo=1),
+    "use_spectral_norm": _key(None, "bool", "spectral normalisation on conv/linear layers; null = off / off / on (standard / patchgan / unet)", nullable=True),
+    "norm": _key("batch", "str", "normalisation layers (standard, patchgan)", choices=("batch", "instance", "none")),
+}
+
+# %% ../nbs/00_config.ipynb #b4eb44ec
+SCHEMA["Training"] = {
+    "max_steps": _key(2000, "int", "generator steps (generator updates) to train; -1 = no step limit", lo=-1),
+    "accumulate_grad_batches": _key(1, "int", "micro-batches of Data.train_batch_size per generator step (gradient accumulation)", lo=1),
+    "val_every_n_steps": _key(250, "int", "validate every N generator steps (0 = Lightning's per-epoch default or Trainer.val_check_interval)", lo=0),
+    "seed": _key(42, "int", "random seed for weights, crops and splits", lo=0),
+    "precision": _key(32, "any", "numeric precision", choices=(32, 16, "bf16")),
+    "pretrain_g_only": _key(True, "bool", "train the generator alone for g_pretrain_steps first"),
+    "g_pretrain_steps": _key(1000, "int", "generator-only steps before adversarial training", lo=0),
+    "adv_loss_ramp_steps": _key(500, "int", "generator steps to ramp the adversarial weight to adv_loss_beta", lo=0),
+    "label_smoothing": _key(True, "bool", "real label 0.9 instead of 1 for the discriminator (bce)"),
+    "d_update_interval": _key(1, "int", "update D once every N generator steps", lo=1),
+    "find_unused_parameters": _key(True, "bool", "DDP find_unused_parameters (needed when one optimiser's loss skips parameters)"),
     "EMA": {
-        "enabled": _k(True, "bool", "keep an exponential moving average of the generator"),
-        "decay": _k(0.999, "float", "EMA decay per update", lo=0.0, hi=1.0),
-        "update_after_step": _k(0, "int", "generator steps before the first EMA update", lo=0),
-        "use_num_updates": _k(True, "bool", "warm-up: decay = min(decay, (1+n)/(10+n)) after n updates"),
-        "every_n_steps": _k(1, "int", "update the EMA every N generator steps", lo=1),
-        "device": _k(None, "str", "device of the EMA copy (e.g. cpu); null = same as the generator", nullable=True),
+        "enabled": _key(True, "bool", "keep an exponential moving average of the generator"),
+        "decay": _key(0.999, "float", "EMA decay per update, in [0, 1) (1 would never leave the initial weights)", lo=EMA_DECAY_RANGE[0], hi=EMA_DECAY_RANGE[1], hi_open=True),
+        "update_after_step": _key(0, "int", "generator steps before the first EMA update", lo=0),
+        "use_num_updates": _key(True, "bool", "warm-up: decay = min(decay, (1+n)/(10+n)) after n updates"),
+        "every_n_steps": _key(1, "int", "update the EMA every N generator steps", lo=1),
+        "device": _key(None, "str", "device of the EMA copy (e.g. cpu); null = same as the generator", nullable=True),
     },
     "Losses": {
-        "l1_weight": _k(1.0, "float", "L1 reconstruction weight", lo=0.0),
-        "mse_weight": _k(0.0, "float", "MSE reconstruction weight", lo=0.0),
-        "charbonnier_weight": _k(0.0, "float", "Charbonnier reconstruction weight", lo=0.0),
-        "charbonnier_eps": _k(1e-3, "float", "Charbonnier epsilon", lo=0.0),
-        "ssim_weight": _k(0.0, "float", "1 - SSIM weight", lo=0.0),
-        "ms_ssim_weight": _k(0.0, "float", "1 - MS-SSIM weight", lo=0.0),
-        "sam_weight": _k(0.0, "float", "spectral angle weight (multi-band)", lo=0.0),
-        "tv_weight": _k(0.0, "float", "total variation weight", lo=0.0),
-        "perceptual_weight": _k(0.0, "float", "perceptual (VGG feature) loss weight", lo=0.0),
-        "perceptual_metric": _k("vgg", "str", "perceptual network", choices=("vgg", "lpips")),
-        "perceptual_weights": _k(None, "path", "local file with the perceptual network's weights (nothing is downloaded)", nullable=True),
-        "perceptual_layers": _k({"relu1_2": 0.1, "relu2_2": 0.1, "relu3_4": 1.0, "relu4_4": 1.0, "relu5_4": 1.0}, "dict", "VGG layers and their weights", open_dict=True),
-        "perceptual_bands": _k(None, "list", "3 band indices fed to the perceptual network; null = first 3", nullable=True),
-        "feature_matching_weight": _k(0.0, "float", "discriminator feature-matching weight", lo=0.0),
-        "adv_loss_beta": _k(1e-3, "float", "adversarial weight after the ramp", lo=0.0),
-        "adv_loss_schedule": _k("linear", "str", "shape of the adversarial ramp", choices=("linear", "cosine")),
-        "adv_loss_type": _k("bce", "str", "adversarial formulation", choices=("bce", "lsgan", "hinge", "wasserstein")),
-        "relativistic_average_d": _k(False, "bool", "relativistic average discriminator (not with wasserstein)"),
-        "r1_gamma": _k(0.0, "float", "R1 penalty on real images (0 = off)", lo=0.0),
-        "r1_interval": _k(1, "int", "lazy R1: apply every N discriminator steps", lo=1),
-        "gp_weight": _k(10.0, "float", "gradient-penalty weight for wasserstein", lo=0.0),
-        "max_val": _k(1.0, "float", "data range of normalised images for SSIM", lo=0.0),
-        "ssim_win": _k(11, "int", "SSIM Gaussian window size (odd)", lo=3),
+        "l1_weight": _key(1.0, "float", "L1 reconstruction weight", lo=0.0),
+        "mse_weight": _key(0.0, "float", "MSE reconstruction weight", lo=0.0),
+        "charbonnier_weight": _key(0.0, "float", "Charbonnier reconstruction weight", lo=0.0),
+        "charbonnier_eps": _key(1e-3, "float", "Charbonnier epsilon", lo=0.0),
+        "ssim_weight": _key(0.0, "float", "1 - SSIM weight", lo=0.0),
+        "ms_ssim_weight": _key(0.0, "float", "1 - MS-SSIM weight", lo=0.0),
+        "sam_weight": _key(0.0, "float", "spectral angle weight (multi-band)", lo=0.0),
+        "tv_weight": _key(0.0, "float", "total variation weight", lo=0.0),
+        "perceptual_weight": _key(0.0, "float", "perceptual (VGG feature) loss weight", lo=0.0),
+        "perceptual_metric": _key("vgg", "str", "perceptual network", choices=("vgg", "lpips")),
+        "perceptual_weights": _key(None, "path", "local file with the perceptual network's weights (nothing is downloaded)", nullable=True),
+        "perceptual_layers": _key({"relu1_2": 0.1, "relu2_2": 0.1, "relu3_4": 1.0, "relu4_4": 1.0, "relu5_4": 1.0}, "dict", "VGG layers and their weights", open_dict=True),
+        "perceptual_bands": _key(None, "list", "3 band indices fed to the perceptual network; null = first 3", nullable=True),
+        "feature_matching_weight": _key(0.0, "float", "discriminator feature-matching weight", lo=0.0),
+        "adv_loss_beta": _key(1e-3, "float", "adversarial weight after the ramp", lo=0.0),
+        "adv_loss_schedule": _key("linear", "str", "shape of the adversarial ramp", choices=("linear", "cosine")),
+        "adv_loss_type": _key("bce", "str", "adversarial formulation", choices=("bce", "lsgan", "hinge", "wasserstein")),
+        "relativistic_average_d": _key(False, "bool", "relativistic average discriminator (not with wasserstein)"),
+        "r1_gamma": _key(0.0, "float", "R1 penalty on real images (0 = off)", lo=0.0),
+        "r1_interval": _key(1, "int", "lazy R1: apply every N discriminator steps", lo=1),
+        "gp_weight": _key(10.0, "float", "gradient-penalty weight for wasserstein", lo=0.0),
+        "max_val": _key(1.0, "float", "data range of normalised images for SSIM", lo=0.0),
+        "ssim_win": _key(11, "int", "SSIM Gaussian window size (odd)", lo=3),
     },
-},
-"Optimizers": {
-    "name": _k("adam", "str", "optimiser for both networks", choices=("adam", "adamw")),
-    "optim_g_lr": _k(1e-4, "float", "generator learning rate", lo=0.0),
-    "optim_d_lr": _k(None, "float", "discriminator learning rate; null = 0.5 x optim_g_lr", lo=0.0, nullable=True),
-    "betas": _k([0.0, 0.99], "list", "Adam betas"),
-    "eps": _k(1e-7, "float", "Adam epsilon", lo=0.0),
-    "weight_decay_g": _k(0.0, "float", "generator weight decay (never on norms and biases)", lo=0.0),
-    "weight_decay_d": _k(0.0, "float", "discriminator weight decay (never on norms and biases)", lo=0.0),
-    "gradient_clip_val": _k(None, "float", "clip both networks' gradients (null = no clipping)", lo=0.0, nullable=True),
-    "gradient_clip_val_g": _k(None, "float", "generator clipping, overrides gradient_clip_val", lo=0.0, nullable=True),
-    "gradient_clip_val_d": _k(None, "float", "discriminator clipping, overrides gradient_clip_val", lo=0.0, nullable=True),
-    "gradient_clip_algorithm": _k("norm", "str", "clip by total norm or by value", choices=("norm", "value")),
-},
-"Schedulers": {
-    "g_warmup_steps": _k(0, "int", "generator learning-rate warm-up steps", lo=0),
-    "g_warmup_type": _k("linear", "str", "warm-up shape", choices=("linear", "cosine")),
-    "d_warmup_steps": _k(0, "int", "discriminator learning-rate warm-up steps", lo=0),
-    "d_warmup_type": _k("linear", "str", "warm-up shape", choices=("linear", "cosine")),
-    "decay": _k("plateau", "str", "after warm-up: reduce on plateau, cosine decay, or constant", choices=("plateau", "cosine", "none")),
-    "metric_g": _k("val/l1", "str", "metric watched by the generator's plateau scheduler"),
-    "metric_d": _k("val/l1", "str", "metric watched by the discriminator's plateau scheduler"),
-    "patience_g": _k(10, "int", "plateau patience (validations) for G", lo=0),
-    "patience_d": _k(10, "int", "plateau patience (validations) for D", lo=0),
-    "factor_g": _k(0.5, "float", "plateau LR factor for G", lo=0.0, hi=1.0),
-    "factor_d": _k(0.5, "float", "plateau LR factor for D", lo=0.0, hi=1.0),
-    "mode_g": _k("min", "str", "is a lower or higher metric_g better", choices=("min", "max")),
-    "mode_d": _k("min", "str", "is a lower or higher metric_d better", choices=("min", "max")),
-    "cosine_min_ratio": _k(0.01, "float", "cosine decay floor as a share of the base LR", lo=0.0, hi=1.0),
-},
-"Callbacks": {
-    "checkpoint": {
-        "monitor": _k("val/psnr", "str", "metric ranking checkpoints"),
-        "mode": _k("max", "str", "better is higher or lower", choices=("min", "max")),
-        "save_top_k": _k(3, "int", "best checkpoints kept (-1 = all)", lo=-1),
-        "every_n_steps": _k(None, "int", "also save every N generator steps", lo=1, nullable=True),
-        "weights_format": _k("pt", "str", "format of the generator weight files beside each checkpoint (safetensors needs the safetensors package)", choices=("pt", "safetensors", "both")),
-    },
-    "lr_monitor": _k(True, "bool", "log both optimisers' learning rates"),
-    "early_stopping": {
-        "enabled": _k(False, "bool", "stop when the monitored metric stops improving (on as soon as the section names monitor, mode or patience)"),
-        "monitor": _k("val/psnr", "str", "metric watched"),
-        "mode": _k("max", "str", "better is higher or lower", choices=("min", "max")),
-        "patience": _k(10, "int", "validations without improvement before stopping", lo=1),
-    },
-    "extra_validation": _k([], "list", "extra validation callbacks: registered names or import paths"),
-    "health": {
-        "enabled": _k(True, "bool", "watch training for non-finite losses, a winning discriminator and a stalled generator"),
-        "action": _k("warn", "str", "on a problem: warn (log, warning, alert) or stop training", choices=("warn", "stop")),
-        "every_n_steps": _k(1, "int", "check every N generator steps (one device sync per check)", lo=1),
-        "d_win_steps": _k(200, "int", "consecutive generator steps of a completely winning discriminator before a report (0 = off)", lo=0),
-        "d_real_threshold": _k(0.99, "float", "D(real) above this x the real label counts as winning (bce only)", lo=0.0, hi=1.0),
-        "d_fake_threshold": _k(0.01, "float", "D(fake) below this counts as winning (bce only)", lo=0.0, hi=1.0),
-        "stall_window": _k(1000, "int", "generator steps per window of the stall check (0 = off)", lo=0),
-        "stall_tolerance": _k(0.0, "float", "least relative decrease of the windowed mean of stall_monitor that is not a stall"),
-        "stall_monitor": _k("train/loss_g", "str", "metric watched by the stall check (lower is better)"),
-        "alert": _k(None, "str", "import path 'package.module:function' of alert(kind, message, step), called on each report", nullable=True),
-        "grad_norm_limit": _k(None, "float", "report a gradient norm above this (needs Logging.grad_norm_every_n_steps > 0); null = only non-finite norms", lo=0.0, nullable=True),
-    },
-},
-"Logging": {
-    "logger": _k("csv", "str", "metric logger", choices=("csv", "wandb", "tensorboard", "none")),
-    "output_dir": _k("runs/gan_engine", "path", "run directory: config snapshot, metrics, checkpoints, images"),
-    "images_every_n_steps": _k(250, "int", "log image panels every N generator steps (0 = never)", lo=0),
-    "num_val_images": _k(4, "int", "validation samples shown in panels", lo=0),
-    "histograms_every_n_steps": _k(0, "int", "log weight/gradient histograms every N generator steps (0 = never)", lo=0),
-    "grad_norm_every_n_steps": _k(50, "int", "log each network's gradient norm (before clipping) every N generator steps; the health checks read it (0 = never)", lo=0),
-    "display_bands": _k(None, "list", "3 band indices shown as RGB; null = first 3 (or the single band)", nullable=True),
-    "wandb": {
-        "project": _k("gan_engine", "str", "W&B project"),
-        "entity": _k(None, "str", "W&B entity", nullable=True),
-        "mode": _k("online", "str", "W&B mode", choices=("online", "offline", "disabled")),
-    },
-},
-"Trainer": _k({}, "dict", "any lightning.Trainer keyword, passed through", open_dict=True),
 }
+
+# %% ../nbs/00_config.ipynb #b4d94096
+SCHEMA["Optimizers"] = {
+    "name": _key("adam", "str", "optimiser for both networks", choices=("adam", "adamw")),
+    "optim_g_lr": _key(1e-4, "float", "generator learning rate", lo=0.0),
+    "optim_d_lr": _key(None, "float", "discriminator learning rate; null = 0.5 x optim_g_lr", lo=0.0, nullable=True),
+    "betas": _key([0.0, 0.99], "list", "Adam betas"),
+    "eps": _key(1e-7, "float", "Adam epsilon", lo=0.0),
+    "weight_decay_g": _key(0.0, "float", "generator weight decay (never on norms and biases)", lo=0.0),
+    "weight_decay_d": _key(0.0, "float", "discriminator weight decay (never on norms and biases)", lo=0.0),
+    "gradient_clip_val": _key(None, "float", "clip both networks' gradients (null = no clipping)", lo=0.0, nullable=True),
+    "gradient_clip_val_g": _key(None, "float", "generator clipping, overrides gradient_clip_val", lo=0.0, nullable=True),
+    "gradient_clip_val_d": _key(None, "float", "discriminator clipping, overrides gradient_clip_val", lo=0.0, nullable=True),
+    "gradient_clip_algorithm": _key("norm", "str", "clip by total norm or by value", choices=("norm", "value")),
+}
+
+# %% ../nbs/00_config.ipynb #90770242
+SCHEMA["Schedulers"] = {
+    "g_warmup_steps": _key(0, "int", "generator learning-rate warm-up steps", lo=0),
+    "g_warmup_type": _key("linear", "str", "warm-up shape", choices=("linear", "cosine")),
+    "d_warmup_steps": _key(0, "int", "discriminator learning-rate warm-up steps", lo=0),
+    "d_warmup_type": _key("linear", "str", "warm-up shape", choices=("linear", "cosine")),
+    "decay": _key("plateau", "str", "after warm-up: reduce on plateau, cosine decay, or constant", choices=("plateau", "cosine", "none")),
+    "metric_g": _key("val/l1", "str", "metric watched by the generator's plateau scheduler"),
+    "metric_d": _key("val/l1", "str", "metric watched by the discriminator's plateau scheduler"),
+    "patience_g": _key(10, "int", "plateau patience (validations) for G", lo=0),
+    "patience_d": _key(10, "int", "plateau patience (validations) for D", lo=0),
+    "factor_g": _key(0.5, "float", "plateau LR factor for G", lo=0.0, hi=1.0),
+    "factor_d": _key(0.5, "float", "plateau LR factor for D", lo=0.0, hi=1.0),
+    "mode_g": _key("min", "str", "is a lower or higher metric_g better", choices=("min", "max")),
+    "mode_d": _key("min", "str", "is a lower or higher metric_d better", choices=("min", "max")),
+    "cosine_min_ratio": _key(0.01, "float", "cosine decay floor as a share of the base LR", lo=0.0, hi=1.0),
+}
+
+# %% ../nbs/00_config.ipynb #ded77a2b
+SCHEMA["Callbacks"] = {
+    "checkpoint": {
+        "monitor": _key("val/psnr", "str", "metric ranking checkpoints"),
+        "mode": _key("max", "str", "better is higher or lower", choices=("min", "max")),
+        "save_top_k": _key(3, "int", "best checkpoints kept (-1 = all)", lo=-1),
+        "every_n_steps": _key(None, "int", "also save every N generator steps", lo=1, nullable=True),
+        "weights_format": _key("pt", "str", "format of the generator weight files beside each checkpoint (safetensors needs the safetensors package)", choices=("pt", "safetensors", "both")),
+    },
+    "lr_monitor": _key(True, "bool", "log both optimisers' learning rates"),
+    "early_stopping": {
+        "enabled": _key(False, "bool", "stop when the monitored metric stops improving (on as soon as the section names monitor, mode or patience)"),
+        "monitor": _key("val/psnr", "str", "metric watched"),
+        "mode": _key("max", "str", "better is higher or lower", choices=("min", "max")),
+        "patience": _key(10, "int", "validations without improvement before stopping", lo=1),
+    },
+    "extra_validation": _key([], "list", "extra validation callbacks: registered names or import paths"),
+    "health": {
+        "enabled": _key(True, "bool", "watch training for non-finite losses, a winning discriminator and a stalled generator"),
+        "action": _key("warn", "str", "on a problem: warn (log, warning, alert) or stop training", choices=("warn", "stop")),
+        "every_n_steps": _key(1, "int", "check every N generator steps (one device sync per check)", lo=1),
+        "d_win_steps": _key(200, "int", "consecutive generator steps of a completely winning discriminator before a report (0 = off)", lo=0),
+        "d_real_threshold": _key(0.99, "float", "D(real) above this x the real label counts as winning (bce only)", lo=0.0, hi=1.0),
+        "d_fake_threshold": _key(0.01, "float", "D(fake) below this counts as winning (bce only)", lo=0.0, hi=1.0),
+        "stall_window": _key(1000, "int", "generator steps per window of the stall check (0 = off)", lo=0),
+        "stall_tolerance": _key(0.0, "float", "least relative decrease of the windowed mean of stall_monitor that is not a stall"),
+        "stall_monitor": _key("train/loss_g", "str", "metric watched by the stall check (lower is better)"),
+        "alert": _key(None, "str", "import path 'package.module:function' of alert(kind, message, step), called on each report", nullable=True),
+        "grad_norm_limit": _key(None, "float", "report a gradient norm above this (needs Logging.grad_norm_every_n_steps > 0); null = only non-finite norms", lo=0.0, nullable=True),
+    },
+}
+
+# %% ../nbs/00_config.ipynb #9094adf5
+SCHEMA["Logging"] = {
+    "logger": _key("csv", "str", "metric logger", choices=("csv", "wandb", "tensorboard", "none")),
+    "output_dir": _key("runs/gan_engine", "path", "run directory: config snapshot, metrics, checkpoints, images"),
+    "images_every_n_steps": _key(250, "int", "log image panels every N generator steps (0 = never)", lo=0),
+    "num_val_images": _key(4, "int", "validation samples shown in panels", lo=0),
+    "histograms_every_n_steps": _key(0, "int", "log weight/gradient histograms every N generator steps (0 = never)", lo=0),
+    "grad_norm_every_n_steps": _key(50, "int", "log each network's gradient norm (before clipping) every N generator steps; the health checks read it (0 = never)", lo=0),
+    "display_bands": _key(None, "list", "3 band indices shown as RGB; null = first 3 (or the single band)", nullable=True),
+    "wandb": {
+        "project": _key("gan_engine", "str", "W&B project"),
+        "entity": _key(None, "str", "W&B entity", nullable=True),
+        "mode": _key("online", "str", "W&B mode", choices=("online", "offline", "disabled")),
+    },
+}
+
+# %% ../nbs/00_config.ipynb #ea2ad7b2
+SCHEMA["Trainer"] = _key({}, "dict", "any lightning.Trainer keyword, passed through", open_dict=True)
 
 # %% ../nbs/00_config.ipynb #17c0ea48
 def _walk_schema(schema=None, prefix=""):
@@ -335,8 +265,9 @@ def describe_config()->"pandas.DataFrame":
     import pandas as pd
     rows = []
     for path, k in _walk_schema():
-        allowed = (list(k.choices) if k.choices else f"{k.registry.kind} name or import path" if k.registry
-                   else f"{k.type}" + (f" ≥ {k.lo}" if k.lo is not None else "") + (f" ≤ {k.hi}" if k.hi is not None else ""))
+        allowed = (list(k.choices) if k.choices else f"{k.registry} name or import path" if k.registry
+                   else f"{k.type}" + (f" ≥ {k.lo}" if k.lo is not None else "")
+                   + (f" {'<' if k.hi_open else '≤'} {k.hi}" if k.hi is not None else ""))
         rows.append(dict(key=path, default=k.default, allowed=str(allowed) + (" or null" if k.nullable else ""), meaning=k.doc))
     return pd.DataFrame(rows)
 
@@ -416,17 +347,6 @@ def parse_override(text:str)->tuple[str, Any]:
     except yaml.YAMLError as e: raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({e.problem})") from None
     return key, value
 
-def _set_dotted(d:dict, key:str, value):
-    node = d
-    parts = key.split(".")
-    for i, p in enumerate(parts[:-1]):
-        nxt = node.get(p)
-        if nxt is None: nxt = node[p] = {}
-        if not isinstance(nxt, dict):
-            raise ConfigError(f"override {key}: {'.'.join(parts[:i+1])} is a value ({nxt!r}), not a section")
-        node = nxt
-    node[parts[-1]] = value
-
 # %% ../nbs/00_config.ipynb #aab4fe55
 _TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
           "list": "a list", "dict": "a mapping", "path": "a file or folder path (string)"}
@@ -449,7 +369,9 @@ def _check_value(path:str, spec:Key, v, problems:list):
     if t == "list": v = list(v)
     if t == "dict": v = dict(v)
     if spec.lo is not None and v < spec.lo: problems.append(f"{path}: {v!r} is below the minimum {spec.lo}")
-    if spec.hi is not None and v > spec.hi: problems.append(f"{path}: {v!r} is above the maximum {spec.hi}")
+    if spec.hi is not None and spec.hi_open and v >= spec.hi:
+        problems.append(f"{path}: {v!r} must be below {spec.hi} (allowed: {spec.lo} <= value < {spec.hi})")
+    elif spec.hi is not None and v > spec.hi: problems.append(f"{path}: {v!r} is above the maximum {spec.hi}")
     if spec.choices is not None:
         by_low = {str(c).lower(): c for c in spec.choices}
         if str(v).lower() not in by_low:
@@ -458,7 +380,8 @@ def _check_value(path:str, spec:Key, v, problems:list):
     if spec.registry is not None: v = _check_registered(path, spec.registry, v, problems)
     return v
 
-def _check_registered(path, registry, v, problems):
+def _check_registered(path, kind, v, problems):
+    registry = registry_for(kind)
     name = v.get("name") if isinstance(v, Mapping) else v
     if not isinstance(name, str):
         problems.append(f"{path}: {v!r} is not a {registry.kind} name or a mapping with a 'name'"); return v
@@ -488,24 +411,11 @@ def _validate(raw:Mapping, schema:dict, prefix:str, problems:list)->dict:
             out[name] = _check_value(path, spec, copy.deepcopy(v), problems)
     return out
 
-# %% ../nbs/00_config.ipynb #9c8fcf54
-def smallest_image(folder:str, # folder of images
-                   exts:Iterable[str], # extensions read
-                  )->tuple[str, tuple[int, int]]|None:
-    "Name and (H, W) of the image with the smallest side in `folder`, read from file headers."
-    from gan_engine.data import DataError, probe_image  # the data pipeline's own reader decides the layout
-    exts, sizes = {e.lower() for e in exts}, []
-    for p in sorted(Path(folder).iterdir()):
-        if p.suffix.lower() not in exts: continue
-        try: sizes.append((p.name, probe_image(p)[0][1:]))
-        except DataError: pass  # an unreadable file is reported by the data pipeline, naming the file
-    return min(sizes, key=lambda s: min(s[1])) if sizes else None
-
 # %% ../nbs/00_config.ipynb #c9512f23
 def _cross_checks(c:dict, problems:list):
-    d, m, g, t, L = c["Data"], c["Model"], c["Generator"], c["Training"], c["Training"]["Losses"]
+    d, m, g, t, losses = c["Data"], c["Model"], c["Generator"], c["Training"], c["Training"]["Losses"]
     if m["out_bands"] is None: m["out_bands"] = m["in_bands"]
-    if g["scaling_factor"] is None: g["scaling_factor"] = d["scale"] if m["task"] == "sr" else 1
+    if g["scaling_factor"] is None: g["scaling_factor"] = d["scale"] if m["task"] == "sr" else 1  # the one place it is derived
     elif m["task"] == "sr" and g["scaling_factor"] != d["scale"]:
         problems.append(f"Generator.scaling_factor: {g['scaling_factor']} differs from Data.scale {d['scale']}; "
                         "set them equal (or leave Generator.scaling_factor null)")
@@ -521,21 +431,7 @@ def _cross_checks(c:dict, problems:list):
         problems.append("Data.val_fraction: must be > 0 when Data.val_dir is null (no validation images otherwise)")
     if d["prefetch_factor"] is not None and d["num_workers"] == 0:
         problems.append("Data.prefetch_factor: only valid with Data.num_workers > 0; set num_workers or leave prefetch_factor null")
-    for key in ("train_dir", "val_dir", "train_lr_dir", "val_lr_dir"):
-        if d[key] is not None and not Path(d[key]).is_dir():
-            problems.append(f"Data.{key}: folder {d[key]!r} does not exist")
-    crop = d["lr_patch_size"] * d["scale"]
-    for key in ("train_dir", "val_dir"):
-        if d[key] is not None and Path(d[key]).is_dir():
-            small = smallest_image(d[key], d["extensions"])
-            if small and min(small[1]) < crop:
-                problems.append(f"Data.lr_patch_size: {d['lr_patch_size']} x scale {d['scale']} = {crop} px does not fit "
-                                f"{key} image {small[0]!r} of size {small[1][0]}x{small[1][1]}; use lr_patch_size <= {min(small[1]) // d['scale']}")
-    for key in ("continue_training", "load_checkpoint", "load_discriminator"):
-        if m[key] and not Path(m[key]).is_file(): problems.append(f"Model.{key}: checkpoint {m[key]!r} does not exist")
-    if t["EMA"]["decay"] >= 1.0 or t["EMA"]["decay"] <= 0.0:
-        problems.append(f"Training.EMA.decay: {t['EMA']['decay']} must be strictly between 0 and 1")
-    if L["relativistic_average_d"] and L["adv_loss_type"] == "wasserstein":
+    if losses["relativistic_average_d"] and losses["adv_loss_type"] == "wasserstein":
         problems.append("Training.Losses.relativistic_average_d: not defined for adv_loss_type 'wasserstein'; "
                         "use bce, lsgan or hinge, or set relativistic_average_d false")
     if c["Schedulers"]["decay"] == "cosine" and t["max_steps"] <= 0:
@@ -545,24 +441,21 @@ def _cross_checks(c:dict, problems:list):
         problems.append(f"Schedulers.g_warmup_steps: warm-up ({c['Schedulers']['g_warmup_steps']} / d: "
                         f"{c['Schedulers']['d_warmup_steps']} steps) must end before Training.max_steps "
                         f"({t['max_steps']}) for cosine decay; shorten the warm-up or train longer")
-    if L["perceptual_weight"] > 0 and L["perceptual_metric"] == "lpips":
+    if losses["perceptual_weight"] > 0 and losses["perceptual_metric"] == "lpips":
         problems.append("Training.Losses.perceptual_metric: 'lpips' is not available in this version; use 'vgg' "
                         "(with a local weights file in Training.Losses.perceptual_weights)")
-    if L["ssim_win"] % 2 == 0: problems.append(f"Training.Losses.ssim_win: {L['ssim_win']} must be odd")
-    if L["perceptual_weight"] > 0:
-        if not L["perceptual_weights"]:
-            problems.append("Training.Losses.perceptual_weights: required when perceptual_weight > 0: the path of a local "
-                            "weights file (nothing is downloaded)")
-        elif not Path(L["perceptual_weights"]).is_file():
-            problems.append(f"Training.Losses.perceptual_weights: file {L['perceptual_weights']!r} does not exist")
+    if losses["ssim_win"] % 2 == 0: problems.append(f"Training.Losses.ssim_win: {losses['ssim_win']} must be odd")
+    if losses["perceptual_weight"] > 0 and not losses["perceptual_weights"]:
+        problems.append("Training.Losses.perceptual_weights: required when perceptual_weight > 0: the path of a local "
+                        "weights file (nothing is downloaded)")
     for key in ("perceptual_bands",):
-        b = L[key]
+        b = losses[key]
         if b is not None and (len(b) != 3 or not all(isinstance(i, int) and 0 <= i < m["out_bands"] for i in b)):
             problems.append(f"Training.Losses.{key}: {b!r} must be 3 band indices in [0, {m['out_bands'] - 1}]")
     b = c["Logging"]["display_bands"]
     if b is not None and (len(b) not in (1, 3) or not all(isinstance(i, int) and 0 <= i < m["out_bands"] for i in b)):
         problems.append(f"Logging.display_bands: {b!r} must be 1 or 3 band indices in [0, {m['out_bands'] - 1}]")
-    for name, w in L["perceptual_layers"].items():
+    for name, w in losses["perceptual_layers"].items():
         if not isinstance(w, (int, float)) or w < 0:
             problems.append(f"Training.Losses.perceptual_layers.{name}: weight {w!r} must be a number >= 0")
     ev = c["Callbacks"]["extra_validation"]
@@ -581,17 +474,12 @@ def trainer_keywords()->list[str]:
     from lightning import Trainer
     return [p for p in inspect.signature(Trainer.__init__).parameters if p != "self"]
 
-def _get_dotted(c, path):
-    node = c
-    for p in path.split("."): node = node[p]
-    return node
-
 def _give(raw:dict, dst:str, value, src:str, why:str, problems:list):
     "Move a `Trainer:` value to the gan_engine key that owns it; a different value already there is a conflict."
-    if _has(raw, dst) and _get_dotted(raw, dst) != value:
-        problems.append(f"{src}: {value!r} conflicts with {dst}: {_get_dotted(raw, dst)!r}; set it in one place ({dst})")
+    if has_key(raw, dst) and get_key(raw, dst) != value:
+        problems.append(f"{src}: {value!r} conflicts with {dst}: {get_key(raw, dst)!r}; set it in one place ({dst})")
         return
-    _set_dotted(raw, dst, value)
+    set_key(raw, dst, value)
     warnings.warn(f"{src}={value!r} moved to {dst}: {why}", ConfigWarning)
 
 def _translate_trainer(raw:dict, problems:list)->dict:
@@ -650,67 +538,6 @@ def _check_trainer(c:dict, problems:list):
     for k in ("strategy", "profiler"):
         if k in tr and not isinstance(tr[k], str): _check_spec(f"Trainer.{k}", tr[k], problems)
 
-# %% ../nbs/00_config.ipynb #a8ba8c66
-def _move(c, src, dst, note=None):
-    "Move dotted key `src` to `dst` (creating sections)."
-    v = _pop_dotted(c, src)
-    _set_dotted(c, dst, v)
-    if note: warnings.warn(f"{src}={v!r}: {note}", ConfigWarning)
-
-def _pop_dotted(c, path):
-    parts = path.split(".")
-    node = c
-    for p in parts[:-1]: node = node[p]
-    return node.pop(parts[-1])
-
-def _has(c, path):
-    node = c
-    for p in path.split("."):
-        if not isinstance(node, Mapping) or p not in node: return False
-        node = node[p]
-    return True
-
-def _drop(c, path, why):
-    v = _pop_dotted(c, path)
-    warnings.warn(f"{path}={v!r} is not honoured by gan_engine: {why}", ConfigWarning)
-
-def _translate_opensr(c:dict)->dict:
-    "Rewrite OpenSR-SRGAN keys into gan_engine's, warning for each one that cannot be honoured."
-    c = copy.deepcopy(c)
-    norm = c.get("Data", {}).get("normalization") if isinstance(c.get("Data"), Mapping) else None
-    if isinstance(norm, str) or (isinstance(norm, Mapping) and "name" in norm):
-        c["Data"]["normalization"] = {"lr": norm, "hr": copy.deepcopy(norm)}  # one normaliser for both branches
-    if _has(c, "Training.device"):
-        dev = _pop_dotted(c, "Training.device")
-        _set_dotted(c, "Trainer.accelerator", {"cuda": "gpu"}.get(str(dev).lower(), dev))
-    for k in ("gpus", "max_epochs", "val_check_interval", "limit_val_batches", "check_val_every_n_epoch"):
-        if _has(c, f"Training.{k}"):
-            _move(c, f"Training.{k}", "Trainer." + {"gpus": "devices"}.get(k, k))
-    if _has(c, "Trainer.max_epochs") and not _has(c, "Training.max_steps"):
-        _set_dotted(c, "Training.max_steps", -1)  # their runs are bounded by epochs
-    if _has(c, "Data.dataset_type"):
-        _drop(c, "Data.dataset_type", "datasets are read from the folders in Data.train_dir / Data.val_dir; set those")
-    if _has(c, "Schedulers.verbose"):
-        _drop(c, "Schedulers.verbose", "learning rates are logged by Callbacks.lr_monitor instead")
-    if _has(c, "Logging.wandb.enabled"):
-        on = _pop_dotted(c, "Logging.wandb.enabled")
-        if on and not _has(c, "Logging.logger"): _set_dotted(c, "Logging.logger", "wandb")
-    mt = c.get("Generator", {}).get("model_type")
-    if isinstance(mt, str) and mt.lower() == "stochastic_gan":
-        c["Generator"]["model_type"] = "srresnet"
-        warnings.warn("Generator.model_type='stochastic_gan' is not honoured by gan_engine: its noise-injection "
-                      "generator is not implemented; using 'srresnet' with the same block_type", ConfigWarning)
-    dt = c.get("Discriminator", {}).get("model_type")
-    if isinstance(dt, str) and dt.lower() == "esrgan":
-        c["Discriminator"]["model_type"] = "standard"
-        warnings.warn("Discriminator.model_type='esrgan' is mapped to gan_engine's 'standard' VGG-style "
-                      "discriminator (same design, not the same layer names)", ConfigWarning)
-    L = c.get("Training", {}).get("Losses", {})
-    if isinstance(L, dict) and str(L.get("perceptual_metric", "")).lower() == "lpips" and L.get("perceptual_weight", 0):
-        warnings.warn("Training.Losses.perceptual_metric='lpips' needs a local weights file in "
-                      "Training.Losses.perceptual_weights (nothing is downloaded)", ConfigWarning)
-    return c
-
 # %% ../nbs/00_config.ipynb #05ca1e5c
 def _read_source(source)->dict:
     if isinstance(source, Section): return source.to_dict()
@@ -739,8 +566,8 @@ def load_config(source:str|Path|Mapping|None=None, # YAML path, dict, or None fo
     "Read, translate, fill defaults and validate a config; raise one `ConfigError` listing every problem."
     raw = _read_source(source) if source is not None else {}
     if isinstance(overrides, str): overrides = [overrides]
-    for o in overrides: _set_dotted(raw, *parse_override(o))
-    raw = _translate_opensr(raw)
+    for o in overrides: set_key(raw, *parse_override(o))
+    raw = translate_opensr(raw)
     problems = []
     raw = _switches_on(_translate_trainer(raw, problems))
     resolved = _validate(raw, SCHEMA, "", problems)

@@ -7,7 +7,7 @@ Docs: https://gan-engine.github.io/gan_engine/data.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'DataError', 'dtype_value_range', 'probe_image', 'read_image', 'list_images', 'gaussian_kernel1d',
            'gaussian_blur', 'degrade', 'crop_position', 'augment', 'collate', 'SRDataset', 'split_files',
-           'ResumableSampler', 'ResumableLoader', 'GANDataModule', 'bands_to_rgb']
+           'ResumableSampler', 'ResumableLoader', 'GANDataModule', 'smallest_image', 'check_paths', 'bands_to_rgb']
 
 # %% ../nbs/01_data.ipynb #713c5a04
 import math, warnings
@@ -22,6 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
+from .registry import ConfigError
 from .steps import StepPlan
 
 # %% ../nbs/01_data.ipynb #0c02c152
@@ -619,6 +620,39 @@ class GANDataModule(L.LightningDataModule):
     def in_bands(self) -> int:
         "Band count of the data."
         self.setup(); return self.train_dataset.bands
+
+# %% ../nbs/01_data.ipynb #2f9faf5c
+def smallest_image(folder, # folder of images
+                   exts:Iterable[str], # extensions read
+                  )->tuple[str, tuple[int, int]]|None:
+    "Name and (H, W) of the image with the smallest side in `folder`, read from file headers."
+    exts, sizes = {e.lower() for e in exts}, []
+    for p in sorted(Path(folder).iterdir()):
+        if p.suffix.lower() not in exts: continue
+        try: sizes.append((p.name, probe_image(p)[0][1:]))
+        except DataError: pass  # an unreadable file is reported when the dataset is built, naming the file
+    return min(sizes, key=lambda s: min(s[1])) if sizes else None
+
+def check_paths(cfg)->None:
+    "Check the folders, image sizes and files a config names; one `ConfigError` listing every problem."
+    d, m, problems = cfg.Data, cfg.Model, []
+    for key in ("train_dir", "val_dir", "train_lr_dir", "val_lr_dir"):
+        if d[key] is not None and not Path(d[key]).is_dir():
+            problems.append(f"Data.{key}: folder {d[key]!r} does not exist")
+    crop = d.lr_patch_size * d.scale
+    for key in ("train_dir", "val_dir"):
+        if d[key] is not None and Path(d[key]).is_dir():
+            small = smallest_image(d[key], d.extensions)
+            if small and min(small[1]) < crop:
+                problems.append(f"Data.lr_patch_size: {d.lr_patch_size} x scale {d.scale} = {crop} px does not fit {key} "
+                                f"image {small[0]!r} of size {small[1][0]}x{small[1][1]}; use lr_patch_size <= "
+                                f"{min(small[1]) // d.scale}")
+    for key in ("continue_training", "load_checkpoint", "load_discriminator"):
+        if m[key] and not Path(m[key]).is_file(): problems.append(f"Model.{key}: checkpoint {m[key]!r} does not exist")
+    w = cfg.Training.Losses.perceptual_weights
+    if cfg.Training.Losses.perceptual_weight > 0 and w and not Path(w).is_file():
+        problems.append(f"Training.Losses.perceptual_weights: file {w!r} does not exist")
+    if problems: raise ConfigError(problems)
 
 # %% ../nbs/01_data.ipynb #170ce8d6
 def bands_to_rgb(

@@ -11,7 +11,7 @@ from typing import Mapping
 import torch
 import torch.nn.functional as F
 
-from .config import ConfigError, Registry
+from .registry import ConfigError, Registry
 
 # %% auto #0
 __all__ = ['TASKS', 'Task', 'SRTask', 'build_task']
@@ -77,7 +77,7 @@ class SRTask(Task):
         return {"lr (bicubic)": p.pop("input"), "sr": p["output"], "hr": p["target"], "|sr - hr|": p["error"]}
 
 # %% ../nbs/07_tasks.ipynb #cc23591a
-TASKS = Registry("task", "Model.task")
+TASKS = Registry.of("task", "Model.task")
 TASKS.register("sr", lambda cfg: SRTask(cfg.Data.scale))
 
 _PLANNED = {"inpaint": "mask inpainting", "prompt": "prompt-conditioned generation"}

@@ -21,7 +21,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from .config import SPEC_KEYS, Config, ConfigError, ConfigWarning, import_object, is_class_spec
 from .config import load_config, save_config
 from .steps import StepPlan
-from .data import GANDataModule
+from .data import GANDataModule, check_paths
 from .module import GANModule
 from .loggers import DataFrameLogger
 from .callbacks import GANCheckpoint, build_callbacks
@@ -235,6 +235,7 @@ def prepare(config:Config|dict|str|None=None, # config, dict or YAML path (None 
            )->Run:
     "Everything up to training: seed, run directory, snapshot, data, module, logger, trainer."
     cfg = config.override(*overrides) if isinstance(config, Config) else load_config(config, overrides)
+    check_paths(cfg)  # folders, crop sizes and files the config names, before anything is written
     resume = resume or cfg.Model.continue_training or None
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"Model.continue_training: checkpoint {str(resume)!r} does not exist")

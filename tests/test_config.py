@@ -6,8 +6,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from gan_engine.config import (ConfigError, ConfigWarning, SCHEMA, Registry, describe_config, load_config,
-                               parse_override, save_config)
+from gan_engine.config import (ConfigError, ConfigWarning, SCHEMA, describe_config, load_config, parse_override,
+                               save_config)
+from gan_engine.data import check_paths
+from gan_engine.registry import Registry
 
 # Each bad config, the dotted key its message must name, and a fragment saying what is allowed.
 BAD = [
@@ -17,13 +19,11 @@ BAD = [
     ({"Data": {"val_fraction": 1.5}}, "Data.val_fraction", "above the maximum 0.9"),
     ({"Data": {"num_workers": 0, "prefetch_factor": 2}}, "Data.prefetch_factor", "num_workers > 0"),
     ({"Data": {"value_range": [10, 0]}}, "Data.value_range", "low < high"),
-    ({"Data": {"train_dir": "/no/such/folder"}}, "Data.train_dir", "does not exist"),
     ({"Data": {"augment": {"hflip": "yes"}}}, "Data.augment.hflip", "true or false"),
     ({"Data": {"normalization": {"lr": "zero_onne"}}}, "Data.normalization.lr", "did you mean 'zero_one'"),
     ({"Data": {"normalisation": {}}}, "Data.normalisation", "did you mean 'normalization'"),
     ({"Model": {"task": "superres"}}, "Model.task", "'sr', 'inpaint', 'prompt'"),
     ({"Model": {"in_bands": 0}}, "Model.in_bands", "below the minimum 1"),
-    ({"Model": {"continue_training": "missing.ckpt"}}, "Model.continue_training", "does not exist"),
     ({"Generator": {"block_type": "rdb"}}, "Generator.block_type", "did you mean 'rrdb'"),
     ({"Generator": {"model_type": "srresnett"}}, "Generator.model_type", "did you mean 'srresnet'"),
     ({"Generator": {"n_blocks": 2.5}}, "Generator.n_blocks", "not an integer"),
@@ -34,7 +34,7 @@ BAD = [
     ({"Training": {"max_steps": -5}}, "Training.max_steps", "below the minimum -1"),
     ({"Training": {"adv_loss_ramp_steps": -1}}, "Training.adv_loss_ramp_steps", "below the minimum 0"),
     ({"Training": {"d_update_interval": 0}}, "Training.d_update_interval", "below the minimum 1"),
-    ({"Training": {"EMA": {"decay": 1.0}}}, "Training.EMA.decay", "strictly between 0 and 1"),
+    ({"Training": {"EMA": {"decay": 1.0}}}, "Training.EMA.decay", "must be below 1.0 (allowed: 0.0 <= value < 1.0)"),
     ({"Training": {"EMA": {"decay": "high"}}}, "Training.EMA.decay", "not a number"),
     ({"Training": {"Losses": {"adv_loss_type": "hinj"}}}, "Training.Losses.adv_loss_type", "did you mean 'hinge'"),
     ({"Training": {"Losses": {"adv_loss_type": "wasserstein", "relativistic_average_d": True}}},
@@ -136,9 +136,22 @@ def test_crop_must_fit_smallest_image(tmp_path):
     for name, hw in [("a.png", (200, 200)), ("b.png", (90, 300))]:
         Image.fromarray(np.zeros((*hw, 3), np.uint8)).save(tmp_path / name)
     np.save(tmp_path / "c.npy", np.zeros((4, 150, 150), np.uint16))
-    with pytest.raises(ConfigError, match="'b.png' of size 90x300; use lr_patch_size <= 22"):
-        load_config({"Data": {"train_dir": str(tmp_path), "scale": 4, "lr_patch_size": 32}})
-    assert load_config({"Data": {"train_dir": str(tmp_path), "scale": 4, "lr_patch_size": 22}}).Data.lr_patch_size == 22
+    cfg = load_config({"Data": {"train_dir": str(tmp_path), "scale": 4, "lr_patch_size": 32}})  # reads no image
+    with pytest.raises(ConfigError, match="'b.png' of size 90x300; use lr_patch_size <= 22"): check_paths(cfg)
+    check_paths(cfg.override("Data.lr_patch_size=22"))
+
+
+def test_loading_reads_no_file_but_the_yaml_and_paths_are_checked_before_a_run(tmp_path):
+    cfg = load_config({"Data": {"train_dir": "/no/such/folder"}, "Model": {"continue_training": "missing.ckpt"},
+                       "Training": {"Losses": {"perceptual_weight": 0.1, "perceptual_weights": "vgg.pt"}}})
+    with pytest.raises(ConfigError) as e: check_paths(cfg)
+    assert [p.split(":")[0] for p in e.value.problems] == ["Data.train_dir", "Model.continue_training",
+                                                          "Training.Losses.perceptual_weights"]
+    assert "does not exist" in str(e.value)
+    from gan_engine.trainer import prepare
+    with pytest.raises(ConfigError, match="Data.train_dir: folder '/no/such/folder' does not exist"):
+        prepare(cfg.override(f"Logging.output_dir={tmp_path}/run"))
+    assert not (tmp_path / "run").exists()                     # nothing written before the check
 
 
 def test_config_is_read_only_and_picklable():

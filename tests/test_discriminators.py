@@ -5,7 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from gan_engine.config import ConfigError, DISCRIMINATORS, load_config
+from gan_engine.config import ConfigError, load_config
+from gan_engine.discriminators import DISCRIMINATORS
 from gan_engine.discriminators import (NORMS, PatchGANDiscriminator, Projection, StandardDiscriminator,
                                        UNetDiscriminator, build_discriminator, build_patchgan_discriminator,
                                        build_standard_discriminator, build_unet_discriminator, make_norm)

@@ -4,7 +4,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gan_engine.config import GENERATORS, ConfigError, load_config
+from gan_engine.config import load_config
+from gan_engine.generators import GENERATORS
+from gan_engine.registry import ConfigError
 from gan_engine.generators import (BLOCK_TYPES, SCALES, PixelShuffleUp, SRResNet, UNetGenerator, Upsampler,
                                    build_generator, check_image, count_parameters, icnr_, make_block,
                                    upsample_stages)

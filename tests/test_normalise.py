@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from gan_engine.config import NORMALISERS, ConfigError
+from gan_engine.normalise import NORMALISERS
+from gan_engine.registry import ConfigError
 from gan_engine.data import SRDataset, collate
 from gan_engine.normalise import (CustomNormaliser, Identity, MinMax, Normaliser, PercentileClip, ScaleOffset, ZScore,
                                   build_normaliser, build_normalisers)
