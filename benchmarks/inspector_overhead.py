@@ -1,6 +1,6 @@
 """Training-time cost of the inspector's `SampleCapture` callback on the SR quickstart (issue 6; target < 2 %).
 
-The quickstart (`gan_engine.cli.quickstart_config`: x4 SR of the RGB samples, 32-channel SRResNet with 4
+The quickstart (`gan_engine.cli.quickstart_config`: x2 SR of the RGB samples, 32-channel SRResNet with 4
 blocks, PatchGAN, EMA on, batch 8 of 32x32 LR crops) is trained with `gan_engine.trainer.fit` for
 `--steps` generator steps, once with `SampleCapture()` at its defaults (4 validation samples, every 50
 generator steps, plus one capture when training starts and one when it ends) and once without. Runs
@@ -32,7 +32,7 @@ import lightning as L
 
 from gan_engine.cli import quickstart_config
 from gan_engine.trainer import prepare
-from gan_engine.widgets import SampleCapture
+from gan_engine.capture import SampleCapture
 
 TARGET = 0.02
 

@@ -1,4 +1,4 @@
-"""Checkpoints with the raw and EMA generator weights beside each one, early stopping and checkpoint monitors that name what is logged, extra validation metrics (per-band PSNR, spectral angle), and a training health monitor for non-finite losses, a winning discriminator and a stalled generator.
+"""Checkpoints with the raw and EMA generator weights beside each one, early stopping and checkpoint monitors that name what is logged, and extra validation metrics (per-band PSNR, spectral angle); training health is in `gan_engine.health`.
 
 Docs: https://gan-engine.github.io/gan_engine/callbacks.html.md"""
 
@@ -6,35 +6,27 @@ Docs: https://gan-engine.github.io/gan_engine/callbacks.html.md"""
 
 # %% ../nbs/09_callbacks.ipynb #d822e20b
 from __future__ import annotations
-import fnmatch, math, os, shutil, warnings
-from collections.abc import Callable, Mapping, Sequence
+import os, shutil, warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from fastcore.basics import patch_to
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from torchmetrics import MeanMetric
 from torchmetrics.functional.image import spectral_angle_mapper
 from torchmetrics.image import PeakSignalNoiseRatio
 
 from .config import Config
-from .registry import ConfigError, ConfigWarning, Registry, did_you_mean, import_object, is_import_path
+from .registry import ConfigError, ConfigWarning, Registry, check_choice, check_int, did_you_mean
+from .health import TrainingHealth
 from .checkpoint import EMA_KEY, WEIGHT_FORMATS, weight_paths, write_weight_files
 
 # %% auto #0
-__all__ = ['EXTRA_VALIDATION', 'HEALTH_ACTIONS', 'missing_metric_message', 'GANCheckpoint', 'checkpoint_callbacks',
-           'GANEarlyStopping', 'early_stopping_callback', 'ValidationHook', 'SpectralMetrics',
-           'extra_validation_callbacks', 'TrainingHealthWarning', 'TrainingHealth', 'build_callbacks']
+__all__ = ['EXTRA_VALIDATION', 'missing_metric_message', 'GANCheckpoint', 'checkpoint_callbacks', 'GANEarlyStopping',
+           'early_stopping_callback', 'ValidationHook', 'SpectralMetrics', 'extra_validation_callbacks',
+           'build_callbacks']
 
 # %% ../nbs/09_callbacks.ipynb #3307db48
-def _check_choice(name, value, allowed):
-    if value not in allowed: raise ValueError(f"Expected `{name}` to be one of {tuple(allowed)} but got {value!r}")
-
-def _check_int(name, value, lo, nullable=False):
-    if value is None and nullable: return
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"Expected `{name}` to be an int >= {lo}{' or None' if nullable else ''} but got {value!r}")
-
 def missing_metric_message(key:str, # the config key (or argument) naming the metric
                            name:str, # the metric that was asked for
                            logged, # the names that are logged (e.g. `trainer.callback_metrics`)
@@ -54,6 +46,7 @@ def _weights_finite(pl_module)->bool:
 # %% ../nbs/09_callbacks.ipynb #78404698
 class GANCheckpoint(ModelCheckpoint):
     "ModelCheckpoint writing raw and EMA generator weights beside each checkpoint, keeping `last` current, never saving non-finite weights."
+    refuses_broken_states = True  # it checks the weights itself (TrainingHealth leaves it alone)
     def __init__(self,
                  dirpath:str|Path|None=None, # folder of the checkpoints (None = Lightning's default)
                  filename:str|None=None, # Lightning filename template, e.g. "step={step}"
@@ -67,11 +60,11 @@ class GANCheckpoint(ModelCheckpoint):
                  config_key:str="Callbacks.checkpoint", # config section named in error messages
                  **kwargs, # any other `ModelCheckpoint` argument
                 ):
-        _check_choice("mode", mode, ("min", "max"))
-        _check_int("save_top_k", save_top_k, -1)
-        _check_choice("save_last", save_last, (True, False, None, "link"))
-        _check_int("every_n_train_steps", every_n_train_steps, 1, nullable=True)
-        _check_choice("weights_format", weights_format, (*WEIGHT_FORMATS, "both"))
+        check_choice("mode", mode, ("min", "max"))
+        check_int("save_top_k", save_top_k, -1)
+        check_choice("save_last", save_last, (True, False, None, "link"))
+        check_int("every_n_train_steps", every_n_train_steps, 1, nullable=True)
+        check_choice("weights_format", weights_format, (*WEIGHT_FORMATS, "both"))
         if monitor is not None and not isinstance(monitor, str):
             raise ValueError(f"Expected `monitor` to be a metric name or None but got {monitor!r}")
         if monitor is None and save_top_k not in (-1, 0, 1):
@@ -215,8 +208,8 @@ class GANEarlyStopping(EarlyStopping):
                  config_key:str="Callbacks.early_stopping", # config section named in error messages
                  **kwargs, # any other `EarlyStopping` argument (min_delta, check_finite, ...)
                 ):
-        _check_choice("mode", mode, ("min", "max"))
-        _check_int("patience", patience, 0)
+        check_choice("mode", mode, ("min", "max"))
+        check_int("patience", patience, 0)
         if not isinstance(monitor, str): raise ValueError(f"Expected `monitor` to be a metric name but got {monitor!r}")
         super().__init__(monitor=monitor, mode=mode, patience=patience, **kwargs)
         self.config_key = config_key
@@ -338,221 +331,6 @@ def extra_validation_callbacks(cfg:Config)->list[Callback]:
     "The callbacks named in `Callbacks.extra_validation` (registered names or import paths)."
     return [_make_callback(EXTRA_VALIDATION.get(n), cfg, n, "Callbacks.extra_validation")
             for n in cfg.Callbacks.extra_validation]
-
-# %% ../nbs/09_callbacks.ipynb #898fb1cf
-HEALTH_ACTIONS = ("warn", "stop")
-
-class TrainingHealthWarning(UserWarning):
-    "A training health check found a problem."
-
-def _resolve_alert(alert, key="Callbacks.health.alert"):
-    if alert is None: return None
-    if isinstance(alert, str):
-        if not is_import_path(alert):
-            raise ValueError(f"Expected `alert` to be a callable or an import path 'package.module:function' but got {alert!r}")
-        alert = import_object(alert, key)
-    if not callable(alert): raise ValueError(f"Expected `alert` to be callable alert(kind, message, step) but got {alert!r}")
-    return alert
-
-# %% ../nbs/09_callbacks.ipynb #d796e9b0
-class TrainingHealth(Callback):
-    "Detect non-finite losses, a discriminator that wins completely and a stalled generator; warn, alert, log, or stop."
-    loss_pattern = "train/loss*"  # logged losses checked for NaN/Inf (fnmatch pattern)
-    d_real_key, d_fake_key, phase_key = "train/d_real", "train/d_fake", "train/phase"
-    grad_norm_prefix = "train/grad_norm_"  # gradient norms the module measured this step
-
-    def __init__(self,
-                 action:str="warn", # "warn" (report) or "stop" (report and stop training)
-                 every_n_steps:int=1, # check every N generator steps
-                 d_win_steps:int=200, # consecutive generator steps of a winning discriminator before a report (0 = off)
-                 d_real_threshold:float=0.99, # D(real) above this × the real label counts as winning (bce)
-                 d_fake_threshold:float=0.01, # D(fake) below this counts as winning (bce)
-                 stall_window:int=1000, # generator steps per window of the stall check (0 = off)
-                 stall_tolerance:float=0.0, # least relative decrease of the window mean that is not a stall
-                 stall_monitor:str="train/loss_g", # metric the stall check watches (lower is better)
-                 alert:Callable|str|None=None, # alert(kind, message, step), or its import path
-                 grad_norm_limit:float|None=None, # report gradient norms above this (None: only non-finite ones)
-                ):
-        _check_choice("action", action, HEALTH_ACTIONS)
-        _check_int("every_n_steps", every_n_steps, 1)
-        _check_int("d_win_steps", d_win_steps, 0)
-        _check_int("stall_window", stall_window, 0)
-        for n, v in (("d_real_threshold", d_real_threshold), ("d_fake_threshold", d_fake_threshold)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise ValueError(f"Expected `{n}` to be a probability in [0, 1] but got {v!r}")
-        if isinstance(stall_tolerance, bool) or not isinstance(stall_tolerance, (int, float)) or not math.isfinite(stall_tolerance):
-            raise ValueError(f"Expected `stall_tolerance` to be a finite number but got {stall_tolerance!r}")
-        if grad_norm_limit is not None and (isinstance(grad_norm_limit, bool) or not isinstance(grad_norm_limit, (int, float))
-                                            or not grad_norm_limit > 0):
-            raise ValueError(f"Expected `grad_norm_limit` to be a number > 0 or None but got {grad_norm_limit!r}")
-        if not isinstance(stall_monitor, str) or not stall_monitor:
-            raise ValueError(f"Expected `stall_monitor` to be a metric name but got {stall_monitor!r}")
-        self.action, self.every_n_steps, self.d_win_steps = action, every_n_steps, d_win_steps
-        self.d_real_threshold, self.d_fake_threshold = float(d_real_threshold), float(d_fake_threshold)
-        self.stall_window, self.stall_tolerance, self.stall_monitor = stall_window, float(stall_tolerance), stall_monitor
-        self.alert = _resolve_alert(alert)
-        self.grad_norm_limit = None if grad_norm_limit is None else float(grad_norm_limit)
-        self.blocks_checkpoints = False  # set when training was stopped on a non-finite loss
-        self._reset_state()
-
-    def _reset_state(self):
-        self.nonfinite_step = None   # generator step of the first non-finite loss seen
-        self.d_win_streak = 0        # generator steps the discriminator has been winning
-        self._d_win_reported = False
-        self._stall = {"sum": 0.0, "count": 0, "start": None, "prev": None, "phase": None}
-        self.last_check_step = None
-        self.events: list[dict] = [] # every report: {"kind", "step", "message"}
-
-    @classmethod
-    def from_config(cls, cfg:Config)->"TrainingHealth|None":
-        "From `Callbacks.health` (None when disabled)."
-        kw = cfg.Callbacks.health.to_dict()
-        return cls(**kw) if kw.pop("enabled") else None
-
-# %% ../nbs/09_callbacks.ipynb #72477a3f
-def _fmt(v:float)->str: return f"{v:.4g}"
-
-@patch_to(TrainingHealth)
-def observe(self,
-            step:int, # generator steps done (this one included)
-            values:Mapping[str, float], # watched metrics this step
-            real_label:float=1.0, # the discriminator's real target (0.9 with label smoothing)
-            check_d:bool=True, # whether `train/d_real`/`train/d_fake` are probabilities (bce)
-           )->list[tuple[str, str]]:
-    "Update the checks with this step's values; the problems found, as (kind, message)."
-    found = []
-    elapsed = step - self.last_check_step if self.last_check_step is not None else self.every_n_steps
-    self.last_check_step = step
-    # (a) non-finite losses
-    bad = {k: v for k, v in values.items() if (fnmatch.fnmatchcase(k, self.loss_pattern) or k == "loss")
-           and not math.isfinite(v)}
-    if bad and self.nonfinite_step is None:
-        self.nonfinite_step = step
-        found.append(("nonfinite_loss", f"non-finite loss at generator step {step}: "
-                      + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
-                      + ". Lower the learning rates, enable gradient clipping (Optimizers.gradient_clip_val) or "
-                        "check the data for NaN/Inf (Data.allow_nonfinite)"))
-    # (a') gradient norms (present only on the steps the module measured them)
-    norms = {k: v for k, v in values.items() if k.startswith(self.grad_norm_prefix)}
-    bad = {k: v for k, v in norms.items() if not math.isfinite(v)}
-    if bad:
-        found.append(("nonfinite_gradients", f"non-finite gradient norm at generator step {step}: "
-                      + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
-                      + ". Enable gradient clipping (Optimizers.gradient_clip_val) or lower the learning rates"))
-    big = {k: v for k, v in norms.items() if self.grad_norm_limit is not None and math.isfinite(v) and v > self.grad_norm_limit}
-    if big:
-        found.append(("exploding_gradients", f"gradient norm above {_fmt(self.grad_norm_limit)} at generator step {step}: "
-                      + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(big.items()))
-                      + ". Enable gradient clipping (Optimizers.gradient_clip_val) or lower the learning rates"))
-    # (b) a discriminator that wins completely
-    r, f = values.get(self.d_real_key), values.get(self.d_fake_key)
-    if self.d_win_steps and check_d and r is not None and f is not None:
-        thr = self.d_real_threshold * real_label
-        if r > thr and f < self.d_fake_threshold: self.d_win_streak += elapsed
-        else: self.d_win_streak, self._d_win_reported = 0, False
-        if self.d_win_streak >= self.d_win_steps and not self._d_win_reported:
-            self._d_win_reported = True
-            found.append(("discriminator_wins",
-                          f"the discriminator wins completely: D(real)={_fmt(r)} > {_fmt(thr)} and D(fake)={_fmt(f)} < "
-                          f"{_fmt(self.d_fake_threshold)} for {self.d_win_streak} consecutive generator steps (up to step "
-                          f"{step}); the generator gets little useful adversarial signal. Lower the discriminator's "
-                          f"learning rate, update it less often (Training.d_update_interval) or regularise it "
-                          f"(Training.Losses.r1_gamma, Discriminator.use_spectral_norm)"))
-    # (c) a stalled generator
-    v, st = values.get(self.stall_monitor), self._stall
-    if self.stall_window and v is not None and math.isfinite(v):
-        phase = values.get(self.phase_key)
-        if phase != st["phase"]: st.update(sum=0.0, count=0, start=None, prev=None, phase=phase)
-        if st["start"] is None: st["start"] = step - elapsed
-        st["sum"] += v; st["count"] += 1
-        if step - st["start"] >= self.stall_window:
-            mean, prev = st["sum"] / st["count"], st["prev"]
-            if prev is not None:
-                gain = (prev - mean) / max(abs(prev), 1e-12)
-                if gain < self.stall_tolerance:
-                    found.append(("generator_stalled",
-                                  f"{self.stall_monitor} has stalled: its mean over generator steps {st['start'] + 1}-{step} "
-                                  f"is {_fmt(mean)} against {_fmt(prev)} over the {self.stall_window} steps before, a relative "
-                                  f"decrease of {gain:.3%} (tolerance {self.stall_tolerance:.3%})"))
-            st.update(sum=0.0, count=0, start=step, prev=mean)
-    return found
-
-# %% ../nbs/09_callbacks.ipynb #8e8122d2
-@patch_to(TrainingHealth)
-def _read(self, trainer, pl_module, outputs)->dict[str, float]:
-    "The watched values of this step as floats (one device sync; averaged across processes under DDP)."
-    cm = trainer.callback_metrics
-    watched = {self.d_real_key, self.d_fake_key, self.stall_monitor, self.phase_key}
-    items = [(k, v) for k, v in cm.items() if k in watched or fnmatch.fnmatchcase(k, self.loss_pattern)]
-    if getattr(pl_module, "grad_norm_step", None) == trainer.global_step:  # gradient norms measured in this very step
-        items += [(self.grad_norm_prefix + w, v) for w, v in getattr(pl_module, "grad_norms", {}).items()]
-    if isinstance(outputs, Mapping) and isinstance(outputs.get("loss"), torch.Tensor): items.append(("loss", outputs["loss"]))
-    if not items: return {}
-    dev = pl_module.device
-    vec = torch.stack([torch.as_tensor(v).detach().float().reshape(-1)[0].to(dev) for _, v in items])
-    if trainer.world_size > 1: vec = trainer.strategy.reduce(vec, reduce_op="mean")
-    values = dict(zip([k for k, _ in items], vec.tolist()))
-    plan = getattr(pl_module, "plan", None)
-    if plan is not None and trainer.global_step > 0:  # the phase of the step that just ended, from the step plan
-        values[self.phase_key] = float(plan.adversarial_active(trainer.global_step - 1))
-    return values
-
-def _real_label(pl_module)->float:
-    return float(getattr(getattr(getattr(pl_module, "d_loss", None), "adv", None), "real_label", 1.0))
-
-def _d_is_probability(pl_module)->bool:
-    cfg = getattr(pl_module, "cfg", None)
-    try: return cfg.Training.Losses.adv_loss_type == "bce"
-    except AttributeError: return True
-
-@patch_to(TrainingHealth)
-def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-    step = trainer.global_step
-    if step % self.every_n_steps: return
-    found = self.observe(step, self._read(trainer, pl_module, outputs), _real_label(pl_module), _d_is_probability(pl_module))
-    if not found: return
-    row = trainer.fit_loop.epoch_loop._batches_that_stepped  # the logger step of this batch's train/* metrics
-    for kind, message in found: self._report(trainer, kind, message, step, row)
-    if self.action == "stop": self._stop(trainer, nonfinite=any(k in ("nonfinite_loss", "nonfinite_gradients") for k, _ in found))
-
-@patch_to(TrainingHealth)
-def setup(self, trainer, pl_module, stage:str):
-    if stage == "fit": self.blocks_checkpoints = False  # a new fit (or a resumed one) may save again
-
-@patch_to(TrainingHealth)
-def _report(self, trainer, kind:str, message:str, step:int, row:int):
-    self.events.append({"kind": kind, "step": step, "message": message})
-    if not trainer.is_global_zero: return
-    for lg in trainer.loggers: lg.log_metrics({f"health/{kind}": 1.0}, step=row)
-    warnings.warn(f"Training health ({kind}): {message}", TrainingHealthWarning, stacklevel=2)
-    if self.alert is not None:
-        try: self.alert(kind, message, step)
-        except Exception as e:
-            warnings.warn(f"Training health: the alert hook {self.alert!r} raised {e!r}", TrainingHealthWarning, stacklevel=2)
-
-@patch_to(TrainingHealth)
-def _stop(self, trainer, nonfinite:bool):
-    trainer.should_stop = True
-    if not nonfinite: return
-    self.blocks_checkpoints = True  # GANCheckpoint refuses to save from now on
-    for cb in trainer.checkpoint_callbacks:  # Lightning's own ModelCheckpoint: nothing more at this step or at the end
-        if isinstance(cb, ModelCheckpoint) and not isinstance(cb, GANCheckpoint) and hasattr(cb, "_last_global_step_saved"):
-            cb._last_global_step_saved = trainer.global_step
-            if not getattr(cb, "_last_checkpoint_saved", True): cb._last_checkpoint_saved = "(not saved: non-finite loss)"
-    loop = trainer.fit_loop.epoch_loop  # and no validation of the broken weights after the stop request
-    if hasattr(loop, "_skip_next_val"): loop._skip_next_val = True
-
-@patch_to(TrainingHealth)
-def state_dict(self)->dict:
-    return {"nonfinite_step": self.nonfinite_step, "d_win_streak": self.d_win_streak,
-            "d_win_reported": self._d_win_reported, "stall": dict(self._stall), "last_check_step": self.last_check_step,
-            "events": [dict(e) for e in self.events]}
-
-@patch_to(TrainingHealth)
-def load_state_dict(self, state:dict):
-    self.nonfinite_step, self.d_win_streak = state["nonfinite_step"], int(state["d_win_streak"])
-    self._d_win_reported, self._stall = bool(state["d_win_reported"]), dict(state["stall"])
-    self.last_check_step, self.events = state["last_check_step"], [dict(e) for e in state["events"]]
 
 # %% ../nbs/09_callbacks.ipynb #d24c504e
 def build_callbacks(cfg:Config, # validated config (`Callbacks`, `Logging.logger`, `Trainer.enable_checkpointing`)

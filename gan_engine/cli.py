@@ -26,7 +26,7 @@ def find_samples(start:str|Path|None=None)->Path:
 def quickstart_config(overrides=(), # dotted KEY=VALUE strings
                       samples:str|Path|None=None, # the data_samples folder (found if None)
                      )->Config:
-    "The SR quickstart config on `data_samples/sr` (x4, RGB), with `overrides` applied."
+    "The SR quickstart config on `data_samples/sr` (x2, RGB), with `overrides` applied."
     s = Path(samples) if samples else find_samples()
     # x2 with a bicubic skip: a small network that visibly beats bicubic within minutes on a laptop CPU
     base = {"Data": {"train_dir": str(s / "sr" / "train"), "val_dir": str(s / "sr" / "val"), "scale": 2,
@@ -45,35 +45,29 @@ def quickstart_config(overrides=(), # dotted KEY=VALUE strings
 
 # %% ../nbs/14_cli.ipynb #8968ab45
 def _preview(cfg:Config, out:Path)->list[str]:
-    "Write a grid of LR/HR crops from both loaders; return the summary lines."
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    "Write a grid of LR/HR crops from both loaders (the panel renderer every logger uses); return the summary lines."
+    import numpy as np
     import torch.nn.functional as F
-    from gan_engine.data import GANDataModule, bands_to_rgb, check_paths
+    from gan_engine.data import GANDataModule, check_paths
+    from gan_engine.render import render_panels, to_pil
     check_paths(cfg)
     dm = GANDataModule(cfg)
     dm.setup()
     batches = [("train", next(iter(dm.train_dataloader())))]
     if dm.val_dataset is not None: batches.append(("val", next(iter(dm.val_dataloader()))))
     n = min(4, *(len(b["lr"]) for _, b in batches))
-    fig, axs = plt.subplots(2 * len(batches), n, figsize=(2.2 * n, 4.4 * len(batches)), squeeze=False)
-    bands = cfg.Logging.display_bands
-    bands = None if bands is None else bands * 3 if len(bands) == 1 else bands
-    for r, (name, b) in enumerate(batches):
-        up = F.interpolate(b["lr"][:n], size=b["hr"].shape[-2:], mode="nearest")
-        for j in range(n):
-            for k, (label, img) in enumerate((("LR", up[j]), ("HR", b["hr"][j]))):
-                ax = axs[2 * r + k, j]
-                ax.imshow(bands_to_rgb(img, bands, value_range=dm.value_range)); ax.axis("off")
-                ax.set_title(f"{name} {label} {tuple(b[label.lower()].shape[-2:])}", fontsize=8)
-    fig.tight_layout()
+    grids = [render_panels({"LR": F.interpolate(b["lr"][:n].float(), size=b["hr"].shape[-2:], mode="nearest"),
+                            "HR": b["hr"][:n]}, dm.value_range, cfg.Logging.display_bands) for _, b in batches]
+    width = max(g.shape[1] for g in grids)
+    gap = np.full((8, width, 3), 255, np.uint8)
+    sheet = np.concatenate([x for g in grids for x in (np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)),
+                                                                    constant_values=255), gap)][:-1])
     path = out / "preview.png"
-    fig.savefig(path, dpi=80); plt.close(fig)
+    to_pil(sheet).save(path)
     lines = [f"Training images: {len(dm.train_dataset)}; validation images: {len(dm.val_dataset) if dm.val_dataset else 0}",
              *(f"{name} batch: lr {tuple(b['lr'].shape)}, hr {tuple(b['hr'].shape)}" for name, b in batches),
              f"Value range {dm.value_range}, bands {dm.band_names}",
-             f"Preview: {path}"]
+             f"Preview: {path} (rows: {' then '.join(name for name, _ in batches)} samples; columns: LR enlarged, HR)"]
     return lines
 
 # %% ../nbs/14_cli.ipynb #b371d72f

@@ -7,7 +7,7 @@ Docs: https://gan-engine.github.io/gan_engine/data.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'DataError', 'dtype_value_range', 'probe_image', 'read_image', 'list_images', 'gaussian_kernel1d',
            'gaussian_blur', 'degrade', 'crop_position', 'augment', 'collate', 'SRDataset', 'split_files',
-           'ResumableSampler', 'ResumableLoader', 'GANDataModule', 'smallest_image', 'check_paths', 'bands_to_rgb']
+           'ResumableSampler', 'ResumableLoader', 'GANDataModule', 'smallest_image', 'check_paths']
 
 # %% ../nbs/01_data.ipynb #713c5a04
 import math, warnings
@@ -653,23 +653,3 @@ def check_paths(cfg)->None:
     if cfg.Training.Losses.perceptual_weight > 0 and w and not Path(w).is_file():
         problems.append(f"Training.Losses.perceptual_weights: file {w!r} does not exist")
     if problems: raise ConfigError(problems)
-
-# %% ../nbs/01_data.ipynb #170ce8d6
-def bands_to_rgb(
-    x,                             # (C,H,W) tensor or array
-    bands: Sequence[int] | None = None,  # three band indices for R,G,B; None = (0,1,2), or (0,0,0) for 1-2 bands
-    value_range=None,              # (low, high) scaling; None = 2-98 percentile stretch of the shown bands
-) -> np.ndarray:
-    "Fixed band→RGB mapping of a (C,H,W) image to an (H,W,3) float array in [0,1] for display."
-    a = x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, np.float32)
-    if a.ndim != 3: raise ValueError(f"Expected `x` to be a (C,H,W) image but got shape {a.shape}")
-    if bands is None: bands = (0, 1, 2) if a.shape[0] >= 3 else (0, 0, 0)
-    if len(bands) != 3 or max(bands) >= a.shape[0]:
-        raise ValueError(f"Expected `bands` to be 3 indices below {a.shape[0]} but got {tuple(bands)}")
-    rgb = a[list(bands)]
-    if value_range is None:
-        fin = rgb[np.isfinite(rgb)]
-        lo, hi = (np.percentile(fin, [2, 98]) if fin.size else (0.0, 1.0))
-    else: lo, hi = value_range
-    rgb = (rgb - lo) / max(float(hi - lo), 1e-12)
-    return np.nan_to_num(np.clip(rgb, 0, 1)).transpose(1, 2, 0)

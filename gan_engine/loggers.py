@@ -1,4 +1,4 @@
-"""A pandas-backed Lightning logger whose metric history is a DataFrame you can read live, and one image-panel renderer shared by every logger.
+"""A pandas-backed Lightning logger whose metric history is a DataFrame you can read live, and helpers that send images and histograms to whichever loggers take them.
 
 Docs: https://gan-engine.github.io/gan_engine/loggers.html.md"""
 
@@ -17,10 +17,10 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
-from .data import bands_to_rgb
+from .render import to_pil
 
 # %% auto #0
-__all__ = ['DataFrameLogger', 'to_pil', 'render_panels', 'log_images', 'log_histograms']
+__all__ = ['DataFrameLogger', 'log_images', 'log_histograms']
 
 # %% ../nbs/10_loggers.ipynb #a9ebc2af
 class DataFrameLogger(Logger):
@@ -98,37 +98,6 @@ class DataFrameLogger(Logger):
             path = folder / (f"step_{step if step is not None else 0:07d}" + (f"_{i}" if len(images) > 1 else "") + ".png")
             to_pil(img).save(path)
             self.images.append({"key": key, "step": step, "path": str(path)})
-
-def to_pil(img)->Image.Image:
-    "A PIL image from an (H,W,3) uint8/float array or tensor, or a PIL image."
-    if isinstance(img, Image.Image): return img
-    a = img.detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
-    if a.dtype != np.uint8: a = (np.clip(a, 0, 1) * 255).round().astype(np.uint8)
-    return Image.fromarray(a)
-
-# %% ../nbs/10_loggers.ipynb #0a2d94bb
-def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images in raw units
-                  value_range=(0.0, 1.0), # (low, high) of the raw data
-                  bands:Sequence[int]|None=None, # 1 or 3 band indices shown as RGB (None = first 3)
-                  error_keys:Sequence[str]=("|sr - hr|", "error"), # panels shown as error maps
-                  pad:int=2, # pixels between tiles
-                 )->np.ndarray:
-    "An (H,W,3) uint8 grid: one row per sample, one column per panel, a fixed band mapping."
-    if not panels: raise ValueError("Expected at least one panel but got none")
-    lo, hi = (float(v) for v in value_range)
-    names = list(panels)
-    n = min(len(v) for v in panels.values())
-    H = max(v.shape[-2] for v in panels.values()); W = max(v.shape[-1] for v in panels.values())
-    if bands is not None and len(bands) == 1: bands = list(bands) * 3
-    grid = np.ones((n * (H + pad) - pad, len(names) * (W + pad) - pad, 3), np.float32)
-    for j, name in enumerate(names):
-        for i in range(n):
-            x = panels[name][i].float()
-            if x.shape[-2:] != (H, W): x = torch.nn.functional.interpolate(x[None], size=(H, W), mode="nearest")[0]
-            rng = (0.0, 0.25 * (hi - lo)) if name in error_keys else (lo, hi)
-            b = bands if bands is not None else ((0, 1, 2) if x.shape[0] >= 3 else (0, 0, 0))
-            grid[i * (H + pad):i * (H + pad) + H, j * (W + pad):j * (W + pad) + W] = bands_to_rgb(x, b, rng)
-    return (grid * 255).round().astype(np.uint8)
 
 # %% ../nbs/10_loggers.ipynb #518f8df8
 def log_images(loggers:Sequence[Logger], # the trainer's loggers

@@ -26,7 +26,8 @@ from .losses import GeneratorLoss, DiscriminatorLoss
 from .ema import GeneratorEMA, EMACallback
 from .tasks import build_task
 from .optim import optimizer_from_config, scheduler_from_config, clip_value
-from .loggers import log_histograms, log_images, render_panels
+from .loggers import log_histograms, log_images
+from .render import render_panels
 from .checkpoint import rank_rng, read_training_state, rng_state, set_rng_state, write_training_state
 from .checkpoint import set_optimization_mode, shift_logger_step
 

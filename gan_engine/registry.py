@@ -12,7 +12,7 @@ from typing import Any
 
 # %% auto #0
 __all__ = ['PROVIDERS', 'ConfigError', 'ConfigWarning', 'did_you_mean', 'public_name', 'is_import_path', 'import_object',
-           'Registry', 'registry_for', 'has_key', 'get_key', 'pop_key', 'set_key']
+           'Registry', 'registry_for', 'has_key', 'get_key', 'pop_key', 'set_key', 'check_choice', 'check_int']
 
 # %% ../nbs/00_registry.ipynb #12c251f1
 class ConfigError(ValueError):
@@ -166,3 +166,14 @@ def set_key(d:dict, key:str, value):
             raise ConfigError(f"{key}: {'.'.join(parts[:i + 1])} is a value ({nxt!r}), not a section")
         node = nxt
     node[parts[-1]] = value
+
+# %% ../nbs/00_registry.ipynb #e3fb0cf9
+def check_choice(name:str, value, allowed:Iterable):
+    "Raise `ValueError` unless `value` is one of `allowed`."
+    if value not in allowed: raise ValueError(f"Expected `{name}` to be one of {tuple(allowed)} but got {value!r}")
+
+def check_int(name:str, value, lo:int, nullable:bool=False):
+    "Raise `ValueError` unless `value` is an int >= `lo` (or None when `nullable`)."
+    if value is None and nullable: return
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+        raise ValueError(f"Expected `{name}` to be an int >= {lo}{' or None' if nullable else ''} but got {value!r}")

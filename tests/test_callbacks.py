@@ -8,8 +8,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torchmetrics.functional.image import peak_signal_noise_ratio, spectral_angle_mapper
 
-from gan_engine.callbacks import (GANCheckpoint, GANEarlyStopping, SpectralMetrics, TrainingHealth, TrainingHealthWarning,
-                                  ValidationHook, build_callbacks, checkpoint_callbacks, extra_validation_callbacks)
+from gan_engine.callbacks import (GANCheckpoint, GANEarlyStopping, SpectralMetrics, ValidationHook, build_callbacks,
+                                  checkpoint_callbacks, extra_validation_callbacks)
+from gan_engine.health import TrainingHealth, TrainingHealthWarning
 from gan_engine.checkpoint import weight_paths, write_weight_files
 
 GENERATOR_SUFFIX, EMA_SUFFIX = ".generator.pt", ".generator_ema.pt"
@@ -328,7 +329,8 @@ import json, sys, warnings
 warnings.filterwarnings("ignore")
 from pathlib import Path
 import torch, lightning as L
-from gan_engine.callbacks import GANCheckpoint, SpectralMetrics, TrainingHealth
+from gan_engine.callbacks import GANCheckpoint, SpectralMetrics
+from gan_engine.health import TrainingHealth
 from gan_engine.data import GANDataModule
 from gan_engine.module import GANModule, tiny_config
 

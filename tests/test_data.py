@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from gan_engine.data import (DataError, GANDataModule, IMAGE_EXTENSIONS, ResumableSampler, SRDataset, augment, bands_to_rgb, collate,
+from gan_engine.render import bands_to_rgb
+from gan_engine.data import (DataError, GANDataModule, IMAGE_EXTENSIONS, ResumableSampler, SRDataset, augment, collate,
                              crop_position, degrade, dtype_value_range, gaussian_blur, list_images, probe_image,
                              read_image, split_files)
 

@@ -13,7 +13,8 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from gan_engine.callbacks import GANEarlyStopping, TrainingHealth, build_callbacks
+from gan_engine.callbacks import GANEarlyStopping, build_callbacks
+from gan_engine.health import TrainingHealth
 from gan_engine.checkpoint import (EMA_KEY, generator_weights, load_state_file, read_checkpoint, state_part,
                                    weight_paths)
 from gan_engine.cli import main

@@ -11,8 +11,9 @@ import lightning as L
 
 from gan_engine.data import GANDataModule
 from gan_engine.module import GANModule, tiny_config
-from gan_engine.widgets import (Inspector, LiveTraining, SampleCapture, find_capture, loss_plot_png, png_size,
-                                sample_metrics)
+from gan_engine.capture import SampleCapture, find_capture, sample_metrics
+from gan_engine.render import loss_plot_png, png_size
+from gan_engine.widgets import Inspector, LiveTraining
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*does not have many workers.*"),
               pytest.mark.filterwarnings("ignore:.*LeafSpec.*")]
