@@ -7,7 +7,8 @@ Docs: https://gan-engine.github.io/gan_engine/data.html.md"""
 # %% auto #0
 __all__ = ['IMAGE_EXTENSIONS', 'DataError', 'dtype_value_range', 'probe_image', 'read_image', 'list_images', 'gaussian_kernel1d',
            'gaussian_blur', 'degrade', 'crop_position', 'augment', 'collate', 'SRDataset', 'split_files',
-           'ResumableSampler', 'ResumableLoader', 'GANDataModule', 'smallest_image', 'check_paths']
+           'ResumableSampler', 'ResumableLoader', 'GANDataModule', 'resolve_value_range', 'smallest_image',
+           'check_paths']
 
 # %% ../nbs/01_data.ipynb #713c5a04
 import math, warnings
@@ -620,6 +621,17 @@ class GANDataModule(L.LightningDataModule):
     def in_bands(self) -> int:
         "Band count of the data."
         self.setup(); return self.train_dataset.bands
+
+# %% ../nbs/01_data.ipynb #0c7553d4
+def resolve_value_range(cfg, # a Config (Data.value_range, Data.train_dir)
+                        given=None, # (low, high) from the caller or a checkpoint; wins when set
+                        read_files:bool=True, # look at the training files when nothing else says
+                       )->tuple[float, float]|None:
+    "(low, high) of the raw data: given, else from the config, else from the training files; None if unknown."
+    if given is not None: return tuple(float(v) for v in given)
+    if cfg.Data.value_range is not None: return tuple(float(v) for v in cfg.Data.value_range)
+    if read_files and cfg.Data.train_dir is not None: return tuple(float(v) for v in GANDataModule(cfg).value_range)
+    return None
 
 # %% ../nbs/01_data.ipynb #2f9faf5c
 def smallest_image(folder, # folder of images

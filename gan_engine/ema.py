@@ -20,6 +20,7 @@ import lightning as L
 from fastcore.basics import patch
 
 from .checkpoint import EMA_KEY
+from .config import EMA_DECAY_RANGE
 from .steps import StepPlan
 
 # %% ../nbs/06_ema.ipynb #222482f1
@@ -66,7 +67,7 @@ class GeneratorEMA:
     "Exponential moving average of one module's parameters and buffers, held in a frozen copy `self.module`."
     def __init__(self,
                  model: nn.Module,                  # the generator to average (copied; never modified here)
-                 decay: float = 0.999,              # EMA decay per averaging update, in [0, 1]
+                 decay: float = 0.999,              # EMA decay per averaging update, in [0, 1) (EMA_DECAY_RANGE)
                  update_after_step: int = 0,        # generator steps during which the shadow just copies the model
                  use_num_updates: bool = True,      # warm-up: decay = min(decay, (1+n)/(10+n)), n = updates so far
                  every_n_steps: int = 1,            # average only when g_step % every_n_steps == 0
@@ -75,8 +76,9 @@ class GeneratorEMA:
                 ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"Expected `model` to be an nn.Module (the generator) but got {type(model).__name__}")
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay <= 1.0:
-            raise ValueError(f"Expected `decay` to be a float in [0, 1] but got {decay!r}")
+        lo, hi = EMA_DECAY_RANGE  # the config's range: 1 would never move the average from the first weights
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not lo <= decay < hi:
+            raise ValueError(f"Expected `decay` to be a float in [{lo:g}, {hi:g}) but got {decay!r}")
         for name, v, lo in (("update_after_step", update_after_step, 0), ("every_n_steps", every_n_steps, 1)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"Expected `{name}` to be an int >= {lo} but got {v!r}")

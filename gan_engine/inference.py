@@ -18,8 +18,9 @@ from PIL import Image
 from fastcore.basics import patch_to
 
 from .config import Config, ConfigError, load_config, is_import_path
+from .data import resolve_value_range
 from .data import DataError, IMAGE_EXTENSIONS, list_images, probe_image, read_image
-from .normalise import build_normaliser
+from .normalise import build_normalisers
 from .generators import build_generator
 from .checkpoint import CheckpointError, EMA_KEY, ema_state, load_state_file, read_checkpoint
 
@@ -370,28 +371,14 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
     if cfg.Model.task != "sr":
         raise CheckpointError(f"Expected '{path}' to hold a super-resolution generator (Model.task 'sr') but got "
                               f"Model.task {cfg.Model.task!r}")
-    if vr is None and cfg.Data.value_range is not None: vr = cfg.Data.value_range
-    vr = None if vr is None else tuple(float(v) for v in vr)
+    vr = resolve_value_range(cfg, vr, read_files=False)  # given, or stored in the checkpoint, or the config's
     with torch.random.fork_rng(devices=[]): generator = build_generator(cfg)   # random init leaves the caller's RNG alone
     _load_strict(generator, gen_sd, f"{weights} generator weights" if from_ckpt else "generator weights", path,
                  _generator_hint(cfg))
-    normalisers = {}
-    for b in ("lr", "hr", "cond"):
-        key = f"Data.normalization.{b}"
-        try: n = build_normaliser(cfg.Data.normalization[b], vr, key)
-        except ConfigError as e:
-            if vr is None: raise ConfigError(f"{e} — pass `value_range=(low, high)` (the raw data range)") from None
-            raise
-        if norm_sd is not None:
-            sub = {k[len(b) + 1:]: v for k, v in norm_sd.items() if k.startswith(b + ".")}
-            try: n.load_state_dict(sub, strict=True)
-            except RuntimeError as e:
-                raise CheckpointError(f"Expected the {key} statistics in '{path}' to match the config's normaliser "
-                                      f"but got: {str(e).strip().splitlines()[-1].strip()}") from None
-        if b != "cond" and getattr(n, "needs_fit", False):
-            raise CheckpointError(f"{key}: normaliser '{getattr(n, 'name', b)}' needs statistics learnt in training, "
-                                  f"which '{path}' does not hold: use the run's .ckpt or give them in the config")
-        normalisers[b] = n
+    try: normalisers = dict(build_normalisers(cfg, vr, state=norm_sd))
+    except ConfigError as e:
+        if vr is None: raise ConfigError(f"{e} — pass `value_range=(low, high)` (the raw data range)") from None
+        raise CheckpointError(f"{e} ('{path}')") from None
     dev = device if device is not None else (map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     return Predictor(generator, normalisers, vr, scale=cfg.Generator.scaling_factor, device=dev, dtype=dtype,
                      in_bands=cfg.Model.in_bands, cond_dim=cfg.Model.cond_dim, config=cfg, weights=weights, source=path)

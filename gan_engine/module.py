@@ -18,8 +18,8 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from .config import Config, ConfigError, load_config
 from .steps import StepPlan
-from .data import GANDataModule
-from .normalise import build_normaliser
+from .data import GANDataModule, resolve_value_range
+from .normalise import build_normalisers
 from .generators import build_generator
 from .discriminators import build_discriminator
 from .losses import GeneratorLoss, DiscriminatorLoss
@@ -32,7 +32,7 @@ from .checkpoint import rank_rng, read_training_state, rng_state, set_rng_state,
 from .checkpoint import set_optimization_mode, shift_logger_step
 
 # %% auto #0
-__all__ = ['split_batch', 'resolve_value_range', 'GANModule', 'grad_norm', 'ScheduleFeed', 'tiny_config']
+__all__ = ['split_batch', 'GANModule', 'grad_norm', 'ScheduleFeed', 'tiny_config']
 
 # %% ../nbs/08_module.ipynb #2dd60940
 def _micro_sizes(n:int, k:int)->list[int]:
@@ -51,14 +51,6 @@ def split_batch(batch:dict, # a batch (tensors along dim 0, lists per sample)
                      for key, v in batch.items()}, m / n))
         start += m
     return out
-
-# %% ../nbs/08_module.ipynb #f7c67063
-def resolve_value_range(cfg:Config, value_range=None)->tuple[float, float]|None:
-    "(low, high) of the raw data: given, from the config, or from the training files; None if unknown."
-    if value_range is not None: return tuple(float(v) for v in value_range)
-    if cfg.Data.value_range is not None: return tuple(float(v) for v in cfg.Data.value_range)
-    if cfg.Data.train_dir is not None: return tuple(float(v) for v in GANDataModule(cfg).value_range)
-    return None
 
 # %% ../nbs/08_module.ipynb #e48cc33a
 class GANModule(L.LightningModule):
@@ -82,9 +74,7 @@ class GANModule(L.LightningModule):
         self.discriminator = ((discriminator if discriminator is not None else build_discriminator(cfg))
                               if self.adversarial else None)
         self.automatic_optimization = not self.adversarial
-        self.normalisers = torch.nn.ModuleDict({b: build_normaliser(cfg.Data.normalization[b], self.value_range,
-                                                                    f"Data.normalization.{b}")
-                                                for b in ("lr", "hr", "cond")})
+        self.normalisers = build_normalisers(cfg, self.value_range, unfitted="keep")  # data statistics: at setup, or loaded
         self.g_loss = GeneratorLoss.from_config(cfg)
         self.d_loss = DiscriminatorLoss.from_config(cfg) if self.adversarial else None
         self.ema = GeneratorEMA.from_config(self.generator, cfg) if cfg.Training.EMA.enabled else None
@@ -376,8 +366,7 @@ def setup(self, stage:str):
     if self.value_range is None and dm is not None and hasattr(dm, "value_range"):
         self.value_range = tuple(dm.value_range)
         self.hparams["value_range"] = list(self.value_range)
-        for b in ("lr", "hr", "cond"):  # range-based normalisers can be built now
-            self.normalisers[b] = build_normaliser(self.cfg.Data.normalization[b], self.value_range, f"Data.normalization.{b}")
+        self.normalisers = build_normalisers(self.cfg, self.value_range, unfitted="keep")  # range-based ones can be built now
     if self.value_range is not None and not self._val_metrics_ready: self._build_val_metrics()
     if stage == "fit" and self.trainer.accumulate_grad_batches != self.plan.batches_per_step:
         k = self.plan.accumulate

@@ -399,19 +399,28 @@ def build_normaliser(
 def build_normalisers(
     cfg,                   # Config; reads cfg.Data.normalization.{lr, hr, cond}
     value_range=None,      # (low, high) of the raw data, e.g. GANDataModule.value_range
-    train_data=None,       # dataset/iterable for fitting data-driven normalisers (None = must not need it)
+    train_data=None,       # dataset/iterable to fit data-driven normalisers on
+    state:Mapping|None=None, # saved statistics: a `state_dict` of the returned ModuleDict (e.g. a checkpoint's `normalisers.*`)
+    unfitted:str="error",  # a normaliser left without statistics: "error", or "keep" (fitted later)
 ) -> nn.ModuleDict:
-    "Normalisers for the lr, hr and cond branches, fitted on the training data where needed."
+    "Normalisers for the lr, hr and cond branches, with statistics from `state`, `train_data` or later."
+    if unfitted not in ("error", "keep"): raise ValueError(f"Expected `unfitted` to be 'error' or 'keep' but got {unfitted!r}")
     spec = cfg.Data.normalization
     get = (lambda k: spec.get(k)) if hasattr(spec, "get") else (lambda k: getattr(spec, k, None))
     out = nn.ModuleDict()
     for branch in ("lr", "hr", "cond"):
-        n = build_normaliser(get(branch) if branch != "cond" or get(branch) is not None else "identity",
-                             value_range, f"Data.normalization.{branch}")
+        key = f"Data.normalization.{branch}"
+        n = build_normaliser(get(branch) if branch != "cond" or get(branch) is not None else "identity", value_range, key)
+        if state is not None:
+            sub = {k[len(branch) + 1:]: v for k, v in state.items() if k.startswith(branch + ".")}
+            try: n.load_state_dict(sub, strict=True)
+            except RuntimeError as e:
+                raise ConfigError(f"{key}: the saved statistics do not match normaliser '{getattr(n, 'name', branch)}': "
+                                  f"{str(e).strip().splitlines()[-1].strip()}") from None
         if getattr(n, "needs_fit", False):
-            if branch == "cond" or train_data is None:
-                raise ConfigError(f"Data.normalization.{branch}: normaliser '{n.name}' needs statistics; give them "
-                                  "in the config or fit it on training images")
-            n.fit(train_data, key=branch)
+            if train_data is not None and branch != "cond": n.fit(train_data, key=branch)
+            elif unfitted == "error":
+                raise ConfigError(f"{key}: normaliser '{n.name}' needs statistics: give them in the config, fit it on "
+                                  "training images, or load them from the run's checkpoint")
         out[branch] = n
     return out
