@@ -32,7 +32,7 @@ from .checkpoint import rank_rng, read_training_state, rng_state, set_rng_state,
 from .checkpoint import set_optimization_mode, shift_logger_step
 
 # %% auto #0
-__all__ = ['split_batch', 'GANModule', 'grad_norm', 'ScheduleFeed', 'tiny_config']
+__all__ = ['split_batch', 'GANModule', 'grad_norm', 'ScheduleFeed']
 
 # %% ../nbs/08_module.ipynb #2dd60940
 def _micro_sizes(n:int, k:int)->list[int]:
@@ -522,18 +522,3 @@ def _adapt_discriminator(self, checkpoint:dict):
     elif self.adversarial and self.discriminator_source != "fresh" and self._fitting():
         warnings.warn(f"Model.load_discriminator ({self.discriminator_source}) is not used: the checkpoint has a "
                       f"discriminator, and resuming continues it", UserWarning)
-
-# %% ../nbs/08_module.ipynb #aca35e0d
-def tiny_config(samples:str|Path="data_samples", # the shipped data_samples folder
-                overrides=(), # dotted KEY=VALUE overrides
-               )->Config:
-    "A seconds-long CPU config on `data_samples/sr`, for smoke tests and docs."
-    s = Path(samples)
-    base = {"Data": {"train_dir": str(s / "sr" / "train"), "val_dir": str(s / "sr" / "val"), "scale": 2,
-                     "lr_patch_size": 8, "train_batch_size": 4, "val_batch_size": 4},
-            "Generator": {"n_channels": 8, "n_blocks": 1, "large_kernel_size": 3},
-            "Discriminator": {"model_type": "patchgan", "base_channels": 8, "n_blocks": 2},
-            "Training": {"max_steps": 12, "g_pretrain_steps": 4, "adv_loss_ramp_steps": 4, "seed": 0,
-                         "Losses": {"adv_loss_beta": 0.01}},
-            "Schedulers": {"decay": "none"}, "Logging": {"num_val_images": 2}}
-    return load_config(base, overrides)

@@ -5,7 +5,7 @@ from pathlib import Path
 warnings.filterwarnings("ignore")
 import torch
 
-from gan_engine.module import tiny_config
+from gan_engine.testing import tiny_config
 from gan_engine.trainer import fit
 
 samples, out_dir, report_dir = sys.argv[1:4]

@@ -17,7 +17,8 @@ GENERATOR_SUFFIX, EMA_SUFFIX = ".generator.pt", ".generator_ema.pt"
 from gan_engine.config import ConfigError
 from gan_engine.data import GANDataModule
 from gan_engine.loggers import DataFrameLogger
-from gan_engine.module import GANModule, tiny_config
+from gan_engine.module import GANModule
+from gan_engine.testing import fit_tiny, tiny_config
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -29,18 +30,13 @@ def cfg_of(*overrides):
     return tiny_config(SAMPLES, ["Data.repeat=2", *overrides])
 
 
-def fit(cfg, callbacks=(), module=None, **kw):
-    "Tiny CPU fit, validation every 2 generator steps."
-    L.seed_everything(0, verbose=False)
-    module = module(cfg) if isinstance(module, type) else (module or GANModule(cfg))
-    args = dict(max_steps=cfg.Training.max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, val_check_interval=2, check_val_every_n_epoch=None,
-                callbacks=list(callbacks))
-    args.update(kw)
-    if not any(isinstance(c, ModelCheckpoint) for c in args["callbacks"]): args.setdefault("enable_checkpointing", False)
-    trainer = L.Trainer(**args)
-    trainer.fit(module, datamodule=GANDataModule(cfg))
-    return module, trainer
+BARE = ["Training.val_every_n_steps=2", "Logging.logger=none", "Callbacks.health.enabled=false",
+        "Trainer.enable_checkpointing=false"]
+
+
+def fit(cfg, callbacks=(), module=None, ckpt_path=None, **kw):
+    "The tiny run through the real Trainer (`fit_tiny`), validation every 2 generator steps, only the test's callbacks."
+    return fit_tiny(cfg.override(*BARE), callbacks, module, ckpt_path=ckpt_path, **kw)
 
 
 def load(p):
@@ -182,7 +178,9 @@ def test_build_callbacks_and_lr_monitor(tmp_path):
     cbs = build_callbacks(cfg, tmp_path)
     assert [type(c).__name__ for c in cbs] == ["LearningRateMonitor", "GANEarlyStopping", "TrainingHealth", "GANCheckpoint"]
     assert cbs[-1].dirpath == os.path.realpath(tmp_path / "checkpoints")
-    _, trainer = fit(cfg, cbs, logger=DataFrameLogger(tmp_path), log_every_n_steps=1)
+    _, trainer = fit_tiny(cfg.override("Training.val_every_n_steps=2"), run_dir=tmp_path, log_every_n_steps=1)  # the same, built by the real Trainer
+    assert [type(c).__name__ for c in trainer.callbacks if type(c).__name__ in [type(x).__name__ for x in cbs]] == \
+        ["LearningRateMonitor", "GANEarlyStopping", "TrainingHealth", "GANCheckpoint"]
     cols = set(trainer.logger.df.columns)
     for name in ("lr/generator", "lr/discriminator"):
         assert any(c == name or c.startswith(name + "/") for c in cols), sorted(cols)
@@ -315,12 +313,10 @@ def test_health_state_round_trip_through_a_checkpoint(tmp_path):
     again.load_state_dict(state)
     assert again.state_dict() == health.state_dict()
     # resuming continues the streak and the window where they were
-    resumed, cfg = TrainingHealth(d_win_steps=5, stall_window=4), cfg_of("Training.max_steps=9")
-    trainer = L.Trainer(max_steps=9, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, val_check_interval=2, check_val_every_n_epoch=None,
-                        callbacks=[resumed, GANCheckpoint(tmp_path / "b", monitor="train/g_step")])
+    resumed = TrainingHealth(d_win_steps=5, stall_window=4)
     with pytest.warns(TrainingHealthWarning, match="for 5 consecutive generator steps"):
-        trainer.fit(DWins(cfg), datamodule=GANDataModule(cfg), ckpt_path=tmp_path / "last.ckpt", weights_only=True)
+        fit(cfg_of("Training.max_steps=9"), [resumed, GANCheckpoint(tmp_path / "b", monitor="train/g_step")], module=DWins,
+            ckpt_path=tmp_path / "last.ckpt")
     assert [(e["kind"], e["step"]) for e in resumed.events] == [("discriminator_wins", 9)]
 
 
@@ -332,7 +328,8 @@ import torch, lightning as L
 from gan_engine.callbacks import GANCheckpoint, SpectralMetrics
 from gan_engine.health import TrainingHealth
 from gan_engine.data import GANDataModule
-from gan_engine.module import GANModule, tiny_config
+from gan_engine.module import GANModule
+from gan_engine.testing import fit_tiny, tiny_config
 
 class NaNOnRank1(GANModule):
     def training_step(self, batch, batch_idx):

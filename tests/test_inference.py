@@ -18,7 +18,8 @@ from gan_engine.checkpoint import EMA_KEY as EMA_CHECKPOINT_KEY
 from gan_engine.generators import build_generator
 from gan_engine.inference import (CheckpointError, Predictor, blend_window, load_predictor, output_format,
                                   predict_path, predict_tiled, tile_starts, write_image)
-from gan_engine.module import GANModule, tiny_config
+from gan_engine.module import GANModule
+from gan_engine.testing import fit_tiny, tiny_config
 from gan_engine.normalise import ScaleOffset
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
@@ -35,12 +36,7 @@ def run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ckpt")
     cfg = tiny_config(SAMPLES, ["Training.max_steps=6", "Training.EMA.decay=0.9", "Training.EMA.use_num_updates=false",
                                 "Generator.block_type=res"])
-    L.seed_everything(0, verbose=False)
-    module = GANModule(cfg)
-    trainer = L.Trainer(max_steps=6, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0)
-    trainer.fit(module, datamodule=GANDataModule(cfg))
+    module, trainer = fit_tiny(cfg.override("Logging.logger=none", "Trainer.enable_checkpointing=false"), limit_val_batches=0)
     path = tmp / "last.ckpt"
     trainer.save_checkpoint(path)
     module.eval()

@@ -10,27 +10,21 @@ from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from gan_engine.data import GANDataModule
 from gan_engine.ema import EMACallback
-from gan_engine.module import GANModule, tiny_config
+from gan_engine.module import GANModule
+from gan_engine.testing import fit_tiny, tiny_config
 from gan_engine.steps import StepPlan
 
 SAMPLES = Path(__file__).resolve().parents[1] / "data_samples"
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 
 
-def trainer(max_steps, callbacks=(), **kw):
-    args = dict(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                callbacks=list(callbacks))
-    args.update(kw)
-    return L.Trainer(**args)
+BARE = ["Logging.logger=none", "Callbacks.health.enabled=false", "Trainer.enable_checkpointing=false"]
+NO_VAL = {"limit_val_batches": 0}
 
 
-def fit(cfg, max_steps, ckpt_path=None, callbacks=(), **kw):
-    L.seed_everything(cfg.Training.seed, verbose=False)
-    module = GANModule(cfg)
-    t = trainer(max_steps, callbacks, **kw)
-    t.fit(module, datamodule=GANDataModule(cfg), ckpt_path=ckpt_path)
-    return module, t
+def fit(cfg, max_steps, ckpt_path=None, callbacks=(), module=None, **kw):
+    "`max_steps` generator steps of `cfg` through the real Trainer (`fit_tiny`), without the config's logger, health and checkpoints."
+    return fit_tiny(cfg.override(f"Training.max_steps={max_steps}", *BARE), callbacks, module, ckpt_path=ckpt_path, **kw)
 
 
 class Steps(L.Callback):
@@ -45,7 +39,7 @@ def test_discriminator_cadence_and_step_counts(interval, pretrain, steps):
     cfg = tiny_config(SAMPLES, [f"Training.d_update_interval={interval}", f"Training.g_pretrain_steps={pretrain}",
                                 "Data.repeat=8"])
     rec = Steps()
-    module, t = fit(cfg, steps, callbacks=[rec], check_val_every_n_epoch=1000)
+    module, t = fit(cfg, steps, callbacks=[rec], **NO_VAL)
     assert module.g_step == steps == t.global_step  # Lightning's step counts generator steps only
     assert module.d_step == math.ceil((steps - pretrain) / interval)
     assert [r[3] for r in rec.rows] == [0.0] * pretrain + [1.0] * (steps - pretrain)
@@ -55,7 +49,7 @@ def test_discriminator_cadence_and_step_counts(interval, pretrain, steps):
 def test_generator_only_uses_automatic_optimisation_and_no_discriminator():
     cfg = tiny_config(SAMPLES, ["Training.Losses.adv_loss_beta=0", "Data.repeat=4"])
     assert not StepPlan.from_config(cfg).adversarial
-    module, t = fit(cfg, 5, check_val_every_n_epoch=1000)
+    module, t = fit(cfg, 5, **NO_VAL)
     assert module.automatic_optimization and module.discriminator is None
     assert not any("discriminator" in k for k in module.state_dict())
     assert module.g_step == t.global_step == 5
@@ -76,7 +70,7 @@ class WeightsAroundValidation(L.Callback):
 def test_validation_uses_ema_and_restores_training_weights():
     cfg = tiny_config(SAMPLES, ["Training.EMA.decay=0.5", "Training.EMA.use_num_updates=false"])
     rec = WeightsAroundValidation()
-    module, t = fit(cfg, 6, callbacks=[rec])  # 3 batches per epoch: validation after steps 3 and 6
+    module, t = fit(cfg.override("Training.val_every_n_steps=3"), 6, callbacks=[rec])  # validation after steps 3 and 6
     assert len(rec.before) == 2
     for b, a in zip(rec.before, rec.after):
         assert all(torch.equal(b[k], a[k]) for k in b)  # bit-for-bit restore
@@ -124,7 +118,7 @@ def test_bf16_run_has_finite_losses():
     class Losses(L.Callback):
         def on_train_batch_end(self, trainer, m, *a):
             losses.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/loss")})
-    module, t = fit(cfg, 6, callbacks=[Losses()], precision="bf16-mixed", check_val_every_n_epoch=1000)
+    module, t = fit(cfg, 6, callbacks=[Losses()], precision="bf16-mixed", **NO_VAL)
     assert module.g_step == 6 and module.d_step == 4
     assert all(math.isfinite(v) for row in losses for v in row.values())
     assert "train/loss_d" in losses[-1]
@@ -142,10 +136,8 @@ class ClipProbe(GANModule):
 def test_gradient_clipping_per_optimiser():
     cfg = tiny_config(SAMPLES, ["Training.g_pretrain_steps=1", "Optimizers.gradient_clip_val_g=0.01",
                                 "Optimizers.gradient_clip_val_d=0.02", "Data.repeat=4"])
-    L.seed_everything(0, verbose=False)
     ClipProbe.norms = []
-    m = ClipProbe(cfg)
-    trainer(4, check_val_every_n_epoch=1000).fit(m, datamodule=GANDataModule(cfg))
+    fit(cfg, 4, module=ClipProbe, **NO_VAL)
     g = [n for w, n in ClipProbe.norms if w == "g"]; d = [n for w, n in ClipProbe.norms if w == "d"]
     assert len(g) == 4 and len(d) == 3
     assert max(g) <= 0.01 * 1.001 and max(d) <= 0.02 * 1.001
@@ -158,7 +150,7 @@ def test_trainer_gradient_clip_val_is_translated_not_a_crash():
 
 def test_predict_uses_ema_and_raw_on_request():
     cfg = tiny_config(SAMPLES, ["Training.EMA.decay=0.5", "Training.EMA.use_num_updates=false", "Data.repeat=4"])
-    module, t = fit(cfg, 4, check_val_every_n_epoch=1000)
+    module, t = fit(cfg, 4, **NO_VAL)
     lr = torch.rand(2, 3, 8, 8) * 255
     with torch.no_grad():
         ema_out, raw_out = module(lr), module(lr, raw=True)

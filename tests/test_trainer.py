@@ -8,7 +8,7 @@ import torch
 
 from gan_engine.config import ConfigError, ConfigWarning
 from gan_engine.loggers import DataFrameLogger
-from gan_engine.module import tiny_config
+from gan_engine.testing import tiny_config
 from gan_engine.trainer import build_trainer, fit, trainer_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]

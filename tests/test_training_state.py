@@ -22,7 +22,8 @@ from gan_engine.config import ConfigError, ConfigWarning, load_config
 from gan_engine.data import GANDataModule
 from gan_engine.inference import load_predictor
 from gan_engine.loggers import DataFrameLogger
-from gan_engine.module import GANModule, tiny_config
+from gan_engine.module import GANModule
+from gan_engine.testing import fit_tiny, tiny_config
 from gan_engine.steps import StepPlan
 from gan_engine.trainer import build_trainer, fit
 
@@ -44,17 +45,13 @@ def cfg_in(path, *overrides):
     return tiny(f"Logging.output_dir={path}", *QUIET, *overrides)
 
 
-def lightning_fit(cfg, max_steps, callbacks=(), ckpt_path=None, **kw):
-    "A plain Lightning Trainer around GANModule and GANDataModule (the building blocks users combine themselves)."
-    L.seed_everything(cfg.Training.seed, verbose=False)
-    module = GANModule(cfg)
-    args = dict(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                enable_model_summary=False, num_sanity_val_steps=0, callbacks=list(callbacks))
-    args.update(kw)
-    if not any(isinstance(c, ModelCheckpoint) for c in args["callbacks"]): args.setdefault("enable_checkpointing", False)
-    trainer = L.Trainer(**args)
-    trainer.fit(module, datamodule=GANDataModule(cfg), ckpt_path=ckpt_path, weights_only=True)
-    return module, trainer
+BARE = ["Logging.logger=none", "Callbacks.health.enabled=false", "Trainer.enable_checkpointing=false"]
+NO_VAL = {"limit_val_batches": 0}
+
+
+def run_steps(cfg, max_steps, callbacks=(), **kw):
+    "`max_steps` generator steps of `cfg` (its step plan unchanged) through the real Trainer (`fit_tiny`), only the test's callbacks."
+    return fit_tiny(cfg.override(*BARE), callbacks, max_steps=max_steps, **kw)
 
 
 def same(a, b):
@@ -111,7 +108,7 @@ def test_both_cosine_schedules_run_on_the_generator_clock(pretrain, interval, d_
                "Schedulers.decay=cosine", "Schedulers.g_warmup_steps=3", f"Schedulers.d_warmup_steps={d_warmup}",
                "Schedulers.cosine_min_ratio=0.0", "Optimizers.optim_g_lr=0.001", "Optimizers.optim_d_lr=0.002")
     lrs = LRs()
-    module, _ = lightning_fit(cfg, 12, [lrs], check_val_every_n_epoch=1000)
+    module, _ = run_steps(cfg, 12, [lrs], **NO_VAL)
     want_g = [1e-3 * schedule(s, 0, 3, 12) for s in range(12)]
     want_d = [2e-3 * schedule(s, pretrain, d_warmup, 12) for s in range(12)]
     assert lrs.g == pytest.approx(want_g, rel=1e-9, abs=1e-15)
@@ -133,7 +130,7 @@ def test_plateau_schedules_count_validations_on_the_generator_clock():
                "Schedulers.mode_d=max", "Schedulers.patience_g=1", "Schedulers.patience_d=1",
                "Optimizers.optim_g_lr=0.001", "Optimizers.optim_d_lr=0.002")
     lrs = LRs()
-    lightning_fit(cfg, 12, [lrs], val_check_interval=2, check_val_every_n_epoch=None)
+    run_steps(cfg.override("Training.val_every_n_steps=2"), 12, [lrs])
     # validations after steps 2, 4, 6, ...: G best at 2, halves after the 2nd bad one (step 6), again at 10;
     # D joins at step 4: best at 4, bad at 6 and 8, halves after step 8
     assert lrs.g == pytest.approx([1e-3] * 6 + [5e-4] * 4 + [2.5e-4] * 2)
@@ -148,13 +145,13 @@ def test_generator_only_checkpoint_holds_the_finished_step():
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         ck = ModelCheckpoint(dirpath=d, every_n_train_steps=3, save_top_k=-1, filename="{step}")
-        module, _ = lightning_fit(cfg, 6, [ck], check_val_every_n_epoch=1000)
+        module, _ = run_steps(cfg, 6, [ck], **NO_VAL)
         assert module.automatic_optimization
         at3 = read_checkpoint(Path(d) / "step=3.ckpt")
     assert at3["gan_engine"]["g_step"] == 3 and at3["global_step"] == 3
     assert (at3[EMA_KEY]["num_updates"], at3[EMA_KEY]["last_g_step"]) == (3, 3)
     assert at3["lr_schedulers"][0]["last_epoch"] == 3
-    ref, _ = lightning_fit(cfg, 3, check_val_every_n_epoch=1000)   # a run that simply ends after step 3
+    ref, _ = run_steps(cfg, 3, **NO_VAL)   # a run that simply ends after step 3
     assert same(at3[EMA_KEY]["shadow"], ref.ema.module.state_dict())
     assert same(state_part(at3, "generator"), ref.generator.state_dict())
 
@@ -173,7 +170,7 @@ def test_feature_matching_ramps_with_the_adversarial_weight():
     cfg = tiny("Training.Losses.feature_matching_weight=2.0", "Training.g_pretrain_steps=2", "Training.adv_loss_ramp_steps=4",
                "Data.repeat=4")
     terms = Terms()
-    lightning_fit(cfg, 8, [terms], check_val_every_n_epoch=1000)
+    run_steps(cfg, 8, [terms], **NO_VAL)
     assert [s for s, _, _ in terms.rows] == list(range(2, 8))
     ramp = {s: min(1.0, (s - 2 + 1) / 4) for s in range(2, 8)}
     for s, fm_w, adv_w in terms.rows:
@@ -410,7 +407,9 @@ def test_gradient_accumulation_equals_a_larger_batch(tmp_path, adversarial):
     assert _max_diff(a, b) < 2e-5 and _max_diff(a, c) > 5e-4
     if not adversarial:                                # a user's own Trainer must accumulate too: said at once
         with pytest.raises(ConfigError, match="pass Trainer\\(accumulate_grad_batches=2\\)"):
-            lightning_fit(tiny(*extra, "Training.accumulate_grad_batches=2"), 2)
+            cfg = tiny(*extra, "Training.accumulate_grad_batches=2")
+            L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                      enable_model_summary=False).fit(GANModule(cfg), datamodule=GANDataModule(cfg))
 
 
 class Recorder(L.Callback):
@@ -462,12 +461,9 @@ def test_gradient_norms_are_logged_at_their_interval_and_watched(tmp_path):
     cfg = tiny("Logging.grad_norm_every_n_steps=2", "Training.g_pretrain_steps=2", "Data.repeat=4",
                "Optimizers.gradient_clip_val_g=0.0001")
     health = TrainingHealth(grad_norm_limit=1e-6, stall_window=0)
-    L.seed_everything(0, verbose=False)
-    trainer = L.Trainer(max_steps=6, accelerator="cpu", logger=DataFrameLogger(tmp_path), log_every_n_steps=1,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        check_val_every_n_epoch=1000, callbacks=[health])
     with pytest.warns(Warning, match="exploding_gradients"):
-        trainer.fit(NormProbe(cfg), datamodule=GANDataModule(cfg))
+        _, trainer = run_steps(cfg, 6, [health], module=NormProbe, logger=DataFrameLogger(tmp_path), log_every_n_steps=1,
+                               **NO_VAL)
     df = trainer.logger.df
     assert df["train/grad_norm_g"].dropna().index.tolist() == [1, 3, 5]       # generator steps 2, 4, 6
     assert df["train/grad_norm_d"].dropna().index.tolist() == [3, 5]          # the discriminator joins at step 3
@@ -484,7 +480,7 @@ import json, os, sys, warnings
 warnings.filterwarnings("ignore")
 from pathlib import Path
 import lightning as L
-from gan_engine.module import tiny_config
+from gan_engine.testing import tiny_config
 from gan_engine.trainer import StopOnRequest, fit
 
 class AskToStop(L.Callback):  # only the first node asks, as a user at rank 0's notebook would
@@ -547,7 +543,7 @@ def test_two_nodes_share_one_run_directory_and_stop_together(tmp_path):
 def test_16_mixed_with_both_optimisers_and_r1_on_gpu(tmp_path):
     cfg = tiny("Training.precision=16", "Training.g_pretrain_steps=1", "Training.Losses.r1_gamma=1.0", "Data.repeat=4",
                "Trainer.accelerator=gpu")
-    module, trainer = lightning_fit(cfg, 6, accelerator="gpu", precision="16-mixed", check_val_every_n_epoch=1000)
+    module, trainer = run_steps(cfg, 6, accelerator="gpu", precision="16-mixed", **NO_VAL)
     assert (module.g_step, module.d_step) == (6, 5)
     assert trainer.precision_plugin.scaler is not None
     assert all(torch.isfinite(p).all() for p in module.parameters())

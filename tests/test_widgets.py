@@ -10,7 +10,8 @@ import torch
 import lightning as L
 
 from gan_engine.data import GANDataModule
-from gan_engine.module import GANModule, tiny_config
+from gan_engine.module import GANModule
+from gan_engine.testing import fit_tiny, tiny_config
 from gan_engine.capture import SampleCapture, find_capture, sample_metrics
 from gan_engine.render import loss_plot_png, png_size
 from gan_engine.widgets import Inspector, LiveTraining
@@ -32,12 +33,8 @@ def one_thread():
 def trained(one_thread):
     "A tiny run (10 generator steps, EMA on) with a capture every 3 steps."
     cfg = tiny_config(SAMPLES, ["Training.max_steps=10", "Data.repeat=4"])
-    L.seed_everything(0, verbose=False)
-    module, cap = GANModule(cfg), SampleCapture(every_n_steps=3, num_samples=3, max_entries=40)
-    trainer = L.Trainer(max_steps=10, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                        limit_val_batches=0, callbacks=[cap])
-    trainer.fit(module, datamodule=GANDataModule(cfg))
+    cap = SampleCapture(every_n_steps=3, num_samples=3, max_entries=40)
+    module, _ = fit_tiny(cfg.override("Logging.logger=none", "Trainer.enable_checkpointing=false"), [cap], limit_val_batches=0)
     vb = next(iter(GANDataModule(cfg).val_dataloader()))
     return module, cap, vb
 
