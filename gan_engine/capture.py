@@ -58,7 +58,7 @@ def sample_metrics(pred:torch.Tensor, # (K,C,H,W) in raw units
     return {"psnr": psnr.reshape(-1), "ssim": ssim.reshape(-1)}
 
 # %% ../nbs/12_capture.ipynb #3658443c
-def _take(batch:Mapping, n:int)->dict:
+def _first_samples(batch:Mapping, n:int)->dict:
     "The first `n` samples of a batch: tensors detached on the CPU as float, lists sliced."
     out = {}
     for k, v in batch.items():
@@ -124,13 +124,13 @@ class SampleCapture(L.Callback):
         if not isinstance(batch, Mapping) or "hr" not in batch:
             raise ValueError(f"Expected `batch` to be a dict with at least `hr` (and `lr`) but got "
                              f"{sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__}")
-        self.inputs, self._baseline = _take(batch, self.num_samples), None
+        self.inputs, self._baseline = _first_samples(batch, self.num_samples), None
 
     def batch_from_loader(self, loader)->dict|None:
         "The first `num_samples` samples from a loader (None when it is empty)."
         parts, n = [], 0
         for b in loader:
-            parts.append(_take(b, self.num_samples - n)); n += len(parts[-1]["hr"])
+            parts.append(_first_samples(b, self.num_samples - n)); n += len(parts[-1]["hr"])
             if n >= self.num_samples: break
         return _cat(parts) if parts else None
 
@@ -144,8 +144,8 @@ class SampleCapture(L.Callback):
         was = g.training
         g.eval()
         try:
-            nb = module.normalise_batch(batch)
-            x, cond = module.task.generator_input(nb)
+            normed = module.normalise_batch(batch)
+            x, cond = module.task.generator_input(normed)
             out = g(x.to(gdev), cond.to(gdev)) if cond is not None else g(x.to(gdev))
         finally: g.train(was)
         return module.denormalise(out.to(dev).float()).cpu()

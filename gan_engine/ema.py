@@ -41,9 +41,9 @@ def _to_like(srcs: list[torch.Tensor], likes: list[torch.Tensor]) -> list[torch.
     for s, l in zip(srcs, likes):
         s = s.detach()
         if s.device != l.device or s.dtype != l.dtype:
-            nb = "cuda" in (s.device.type, l.device.type)
-            if nb and l.device.type == "cpu" and s.device.type == "cuda": pending.add(s.device)
-            s = s.to(device=l.device, dtype=l.dtype, non_blocking=nb)
+            non_blocking = "cuda" in (s.device.type, l.device.type)
+            if non_blocking and l.device.type == "cpu" and s.device.type == "cuda": pending.add(s.device)
+            s = s.to(device=l.device, dtype=l.dtype, non_blocking=non_blocking)
         out.append(s)
     for dev in pending: _sync(dev)
     return out
@@ -55,9 +55,9 @@ def _copy_(dsts: list[torch.Tensor], srcs: list[torch.Tensor]):
         torch._foreach_copy_(dsts, srcs); return
     pending = set()
     for d, s in zip(dsts, srcs):
-        nb = d.device.type == "cuda" or s.device.type == "cuda"
-        d.copy_(s, non_blocking=nb)
-        if nb and d.device.type == "cpu" and s.device.type == "cuda": pending.add(s.device)
+        non_blocking = d.device.type == "cuda" or s.device.type == "cuda"
+        d.copy_(s, non_blocking=non_blocking)
+        if non_blocking and d.device.type == "cpu" and s.device.type == "cuda": pending.add(s.device)
     for dev in pending: _sync(dev)
 
 # %% ../nbs/06_ema.ipynb #6534b13f

@@ -55,15 +55,15 @@ def blend_window(n:int, # tile size along the axis (LR pixels)
                 )->torch.Tensor: # (n * scale,) float64 weights in [0, 1]
     "1-D blending weights of one tile in output pixels: 0 on the margin, a ramp over the rest of the overlap, else 1."
     if window not in _WINDOWS: raise ValueError(f"Expected `window` to be one of {_WINDOWS} but got {window!r}")
-    L_, O, M = n * scale, overlap * scale, margin * scale
-    d = torch.arange(L_, dtype=torch.float64) + 0.5  # distance of each output pixel centre from the first edge
+    out_len, O, M = n * scale, overlap * scale, margin * scale
+    d = torch.arange(out_len, dtype=torch.float64) + 0.5  # distance of each output pixel centre from the first edge
     def ramp(d):
         if O - 2 * M <= 0: return (d > M).double()   # no room for a ramp: a step in the middle (all ones if O = 0)
         u = ((d - M) / (O - 2 * M)).clamp(0, 1)
         return u if window == "linear" else 0.5 - 0.5 * torch.cos(math.pi * u)
-    w = torch.ones(L_, dtype=torch.float64)
+    w = torch.ones(out_len, dtype=torch.float64)
     if lead: w = w * ramp(d)
-    if trail: w = w * ramp(L_ - d)
+    if trail: w = w * ramp(out_len - d)
     return w
 
 # %% ../nbs/13_inference.ipynb #f81da9e1

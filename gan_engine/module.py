@@ -142,7 +142,7 @@ def _schedulers(self)->list:
     return [] if s is None else list(s) if isinstance(s, (list, tuple)) else [s]
 
 @patch_to(GANModule)
-def _which(self, optimizer)->str:
+def _network_of(self, optimizer)->str:
     raw = [o.optimizer if hasattr(o, "optimizer") else o for o in self._optimizers()]
     return "g" if optimizer is raw[0] else "d"
 
@@ -160,7 +160,7 @@ def grad_norm(params)->torch.Tensor:
 @patch_to(GANModule)
 def on_before_optimizer_step(self, optimizer):
     # gradients are unscaled here (16-mixed), so norms and thresholds mean what they say
-    which = self._which(optimizer)
+    which = self._network_of(optimizer)
     if self.plan.grad_norm_due(self.g_step):  # measured before clipping, only on the steps that log it
         if self.grad_norm_step != self.g_step + 1: self.grad_norms = {}
         self.grad_norms[which] = grad_norm(p for g in optimizer.param_groups for p in g["params"])
@@ -181,18 +181,18 @@ def on_train_start(self):
 def _generate(self, batch:dict):
     "Steps 1-3: check, normalise, run the generator once."
     self.task.check_batch(batch)
-    nb = self.normalise_batch(batch)
-    x, cond = self.task.generator_input(nb)
+    normed = self.normalise_batch(batch)
+    x, cond = self.task.generator_input(normed)
     sr = self.generator(x, cond) if cond is not None else self.generator(x)
-    return nb, sr, cond
+    return normed, sr, cond
 
 @patch_to(GANModule)
-def _d(self, x, cond, features=False):
+def _discriminate(self, x, cond, features=False):
     return self.discriminator(x, cond, return_features=features) if cond is not None else \
            self.discriminator(x, return_features=features)
 
 @patch_to(GANModule)
-def _score(self, logits:torch.Tensor)->torch.Tensor:
+def _logged_score(self, logits:torch.Tensor)->torch.Tensor:
     "D output shown in logs: a probability for bce, the raw score otherwise."
     logits = logits.detach().float()
     return torch.sigmoid(logits).mean() if self.cfg.Training.Losses.adv_loss_type == "bce" else logits.mean()
@@ -228,12 +228,12 @@ def _discriminator_step(self, items:list)->dict:
     logs = {}
     for i, (fake, real, cond, share) in enumerate(items):
         real = real.detach().requires_grad_(r1)
-        real_logits, fake_logits = self._d(real, cond), self._d(fake, cond)
-        loss, terms = self.d_loss(real_logits, fake_logits, d_fn=lambda x: self._d(x, cond), real=real, fake=fake,
+        real_logits, fake_logits = self._discriminate(real, cond), self._discriminate(fake, cond)
+        loss, terms = self.d_loss(real_logits, fake_logits, d_fn=lambda x: self._discriminate(x, cond), real=real, fake=fake,
                                   d_step=self.d_step)
         with self._no_sync(i == len(items) - 1):
             self.manual_backward(loss if share == 1 else loss * share)
-        _add(logs, {"loss_d": loss, **terms, "d_real": self._score(real_logits), "d_fake": self._score(fake_logits)}, share)
+        _add(logs, {"loss_d": loss, **terms, "d_real": self._logged_score(real_logits), "d_fake": self._logged_score(fake_logits)}, share)
     # through the strategy (precision plugin, scaler, clipping hook) but not LightningOptimizer.step,
     # so Lightning's global_step counts generator steps only
     self.trainer.strategy.optimizer_step(opt_d.optimizer, closure=lambda: None)
@@ -243,17 +243,17 @@ def _discriminator_step(self, items:list)->dict:
 @patch_to(GANModule)
 def _generator_adversarial(self, sr:torch.Tensor, target:torch.Tensor, cond, step:int):
     "Step 7: adversarial and feature-matching loss with the discriminator frozen; weights from the plan."
-    plan, L_ = self.plan, self.cfg.Training.Losses
+    plan, losses_cfg = self.plan, self.cfg.Training.Losses
     need_fm = plan.fm_weight > 0
-    need_real = L_.relativistic_average_d or need_fm
+    need_real = losses_cfg.relativistic_average_d or need_fm
     self.discriminator.requires_grad_(False)
     try:
-        out = self._d(sr, cond, features=need_fm)
+        out = self._discriminate(sr, cond, features=need_fm)
         fake_logits, fake_feats = out if need_fm else (out, None)
         real_logits = real_feats = None
         if need_real:
             with torch.no_grad():
-                out = self._d(target, cond, features=need_fm)
+                out = self._discriminate(target, cond, features=need_fm)
             real_logits, real_feats = out if need_fm else (out, None)
         loss, terms = self.g_loss.adversarial(fake_logits, real_logits, plan.adv_weight(step), real_feats, fake_feats,
                                               fm_weight=plan.fm_weight_at(step))
@@ -262,10 +262,10 @@ def _generator_adversarial(self, sr:torch.Tensor, target:torch.Tensor, cond, ste
     return loss, terms
 
 @patch_to(GANModule)
-def _generator_losses(self, nb, sr, cond, step:int, active:bool):
+def _generator_losses(self, normed, sr, cond, step:int, active:bool):
     "Steps 4 and 7 for one (micro-)batch: reconstruction, plus adversarial terms when active."
-    target = self.task.target(nb)
-    loss, logs = self.g_loss.reconstruction(sr, target, self.task.loss_weight(nb))
+    target = self.task.target(normed)
+    loss, logs = self.g_loss.reconstruction(sr, target, self.task.loss_weight(normed))
     if active:
         adv, adv_terms = self._generator_adversarial(sr, target, cond, step)
         loss = loss + adv; logs.update(adv_terms)
@@ -275,8 +275,8 @@ def _generator_losses(self, nb, sr, cond, step:int, active:bool):
 def training_step(self, batch:dict, batch_idx:int):
     step = self.g_step                                   # this generator step, 0-based
     if self.automatic_optimization:                      # generator only: Lightning steps it (and accumulates)
-        nb, sr, cond = self._generate(batch)
-        loss, logs = self._generator_losses(nb, sr, cond, step, False)
+        normed, sr, cond = self._generate(batch)
+        loss, logs = self._generator_losses(normed, sr, cond, step, False)
         self._log_train(step, loss, logs)
         return loss
     plan = self.plan
@@ -285,9 +285,9 @@ def training_step(self, batch:dict, batch_idx:int):
     parts = split_batch(batch, plan.accumulate) if plan.accumulate > 1 else [(batch, 1.0)]
     logs = {}
     if len(parts) == 1:                                  # the generator runs once (steps 1-3)
-        nb, sr, cond = self._generate(batch)
-        if d_due: logs.update(self._discriminator_step([(sr.detach(), self.task.target(nb), cond, 1.0)]))
-        loss, terms = self._generator_losses(nb, sr, cond, step, active)
+        normed, sr, cond = self._generate(batch)
+        if d_due: logs.update(self._discriminator_step([(sr.detach(), self.task.target(normed), cond, 1.0)]))
+        loss, terms = self._generator_losses(normed, sr, cond, step, active)
         logs.update(terms)
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
@@ -296,14 +296,14 @@ def training_step(self, batch:dict, batch_idx:int):
             with torch.no_grad(), _buffers_kept(self.generator):
                 fakes = []
                 for part, share in parts:
-                    nb, sr, cond = self._generate(part)
-                    fakes.append((sr, self.task.target(nb), cond, share))
+                    normed, sr, cond = self._generate(part)
+                    fakes.append((sr, self.task.target(normed), cond, share))
             logs.update(self._discriminator_step(fakes))
         opt_g.zero_grad(set_to_none=True)
         loss = 0.0
         for i, (part, share) in enumerate(parts):
-            nb, sr, cond = self._generate(part)
-            part_loss, terms = self._generator_losses(nb, sr, cond, step, active)
+            normed, sr, cond = self._generate(part)
+            part_loss, terms = self._generator_losses(normed, sr, cond, step, active)
             with self._no_sync(i == len(parts) - 1): self.manual_backward(part_loss * share)
             _add(logs, terms, share); loss = loss + part_loss.detach() * share
     opt_g.step()                                         # step 8
@@ -395,8 +395,8 @@ def configure_callbacks(self):
 
 @patch_to(GANModule)
 def validation_step(self, batch:dict, batch_idx:int):
-    nb, sr, cond = self._generate(batch)
-    _, terms = self.g_loss.reconstruction(sr, self.task.target(nb), self.task.loss_weight(nb))
+    normed, sr, cond = self._generate(batch)
+    _, terms = self.g_loss.reconstruction(sr, self.task.target(normed), self.task.loss_weight(normed))
     self.log_dict({f"val/{k}": v for k, v in terms.items() if not k.endswith("_w")}, on_step=False, on_epoch=True,
                   batch_size=len(sr), sync_dist=True)
     if self.value_range is None:

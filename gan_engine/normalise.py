@@ -205,15 +205,15 @@ class ZScore(Normaliser):
         for t in _iter_batches(data, key):
             v = _bands_first(t)
             fin = torch.isfinite(v)
-            nb = fin.sum(1).double()
+            count_b = fin.sum(1).double()
             vb = torch.where(fin, v, torch.zeros_like(v))
-            mb = vb.sum(1) / nb.clamp(min=1)
+            mb = vb.sum(1) / count_b.clamp(min=1)
             m2b = torch.where(fin, v - mb[:, None], torch.zeros_like(v)).pow(2).sum(1)
-            if n is None: n, mean, m2 = nb, mb, m2b
+            if n is None: n, mean, m2 = count_b, mb, m2b
             else:
-                tot = n + nb
+                tot = n + count_b
                 delta = mb - mean
-                w = torch.where(tot > 0, nb / tot.clamp(min=1), torch.zeros_like(tot))
+                w = torch.where(tot > 0, count_b / tot.clamp(min=1), torch.zeros_like(tot))
                 mean = mean + delta * w
                 m2 = m2 + m2b + delta.pow(2) * n * w
                 n = tot
@@ -331,7 +331,7 @@ def _n10k(value_range=None): return ScaleOffset(10000.0)
 def _n10k_signed(value_range=None): return ScaleOffset(10000.0, signed=True)
 
 @_reg("normalise_s2", "normalize_s2")
-def _ns2(value_range=None):
+def _normalise_s2(value_range=None):
     lo, hi = _need_range(value_range, "normalise_s2"); return ScaleOffset(0.3 * (hi - lo), lo, signed=True)
 
 @_reg("sen2_stretch")

@@ -130,7 +130,7 @@ class ClipProbe(GANModule):
     def on_before_optimizer_step(self, optimizer):
         super().on_before_optimizer_step(optimizer)
         params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        self.norms.append((self._which(optimizer), torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()))
+        self.norms.append((self._network_of(optimizer), torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params])).item()))
 
 
 def test_gradient_clipping_per_optimiser():

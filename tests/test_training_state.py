@@ -453,7 +453,7 @@ class NormProbe(GANModule):
         ref = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
         super().on_before_optimizer_step(optimizer)
         after = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))
-        NormProbe.seen.append((self.g_step, self._which(optimizer), float(ref), float(after)))
+        NormProbe.seen.append((self.g_step, self._network_of(optimizer), float(ref), float(after)))
 
 
 def test_gradient_norms_are_logged_at_their_interval_and_watched(tmp_path):
