@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMon
 from torchmetrics import MeanMetric
 from torchmetrics.functional.image import spectral_angle_mapper
 from torchmetrics.image import PeakSignalNoiseRatio
+from fastcore.basics import patch_to
 
 from .config import Config
 from .registry import ConfigError, ConfigWarning, Registry, check_choice, check_int, did_you_mean
@@ -96,82 +97,94 @@ class GANCheckpoint(ModelCheckpoint):
         self._verdict = (key, reason)
         return reason
 
-    def _save_topk_checkpoint(self, trainer, monitor_candidates):
-        if self.save_top_k == 0 or self._refusal(trainer) is not None: return
-        if (self.monitor is not None and self.monitor not in monitor_candidates
-                and trainer.fit_loop.epoch_loop.val_loop._has_run):
-            raise ConfigError(missing_metric_message(f"{self.config_key}.monitor", self.monitor, trainer.callback_metrics))
-        super()._save_topk_checkpoint(trainer, monitor_candidates)
-
-    def _save_last_checkpoint(self, trainer, monitor_candidates):
-        if not self.save_last or self._refusal(trainer) is not None: return
-        super()._save_last_checkpoint(trainer, monitor_candidates)
-
-    def on_exception(self, trainer, pl_module, exception):
-        if self._should_save_on_exception(trainer) and self._refusal(trainer) is not None: return
-        super().on_exception(trainer, pl_module, exception)
-
-    # ---- `last` after every validation and at the end ---------------------------------------------------
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        with warnings.catch_warnings():  # gan_engine saves the state after the generator step on purpose
-            warnings.filterwarnings("ignore", ".*no pre-optimization state was saved.*")
-            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def on_validation_end(self, trainer, pl_module):
-        super().on_validation_end(trainer, pl_module)
-        if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
-                and not self._should_save_on_train_epoch_end(trainer)):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-    def on_train_end(self, trainer, pl_module):
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-        super().on_train_end(trainer, pl_module)
-
-    # ---- weight files -----------------------------------------------------------------------------------
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        if self._saving: self._pending = checkpoint  # complete once trainer.save_checkpoint returns
-
-    def _prefix(self, pl_module)->str|None:
-        g = getattr(pl_module, self.generator_attr, None)
-        if not isinstance(g, torch.nn.Module): return None
-        return next((n for n, m in pl_module.named_modules() if m is g), self.generator_attr)
-
-    def _save_checkpoint(self, trainer, filepath):
-        self._saving, self._pending = True, None
-        try: super()._save_checkpoint(trainer, filepath)
-        finally: self._saving = False
-        ckpt, self._pending = self._pending, None
-        if not trainer.is_global_zero: return
-        prefix = self._prefix(trainer.lightning_module)
-        if prefix is None:
-            warnings.warn(f"GANCheckpoint: {type(trainer.lightning_module).__name__} has no `{self.generator_attr}` "
-                          f"module, so no generator weight files are written", UserWarning)
-            return
-        if ckpt is None:  # weights-only checkpoints skip callbacks' on_save_checkpoint: read the module instead
-            m = trainer.lightning_module
-            ckpt = {"state_dict": m.state_dict()}
-            if getattr(m, "ema", None) is not None: ckpt[EMA_KEY] = m.ema.state_dict()
-        write_weight_files(ckpt, filepath, prefix, self.weights_format)
-
-    def _link_checkpoint(self, trainer, filepath, linkpath):
-        super()._link_checkpoint(trainer, filepath, linkpath)
-        if not trainer.is_global_zero or os.path.abspath(filepath) == os.path.abspath(linkpath): return
-        for fmt in WEIGHT_FORMATS:
-            for src, dst in zip(weight_paths(filepath, fmt), weight_paths(linkpath, fmt)):
-                _unlink(dst)
-                if not src.exists(): continue
-                try: os.symlink(os.path.relpath(src, dst.parent), dst)
-                except OSError: shutil.copy(src, dst)
-
-    def _remove_checkpoint(self, trainer, filepath):
-        super()._remove_checkpoint(trainer, filepath)
-        if trainer.is_global_zero:
-            for fmt in WEIGHT_FORMATS:
-                for p in weight_paths(filepath, fmt): _unlink(p)
-
 def _unlink(path:Path):
     if os.path.lexists(path): os.remove(path)
+
+# %% ../nbs/09_callbacks.ipynb #662f6228
+@patch_to(GANCheckpoint)
+def _save_topk_checkpoint(self, trainer, monitor_candidates):
+    if self.save_top_k == 0 or self._refusal(trainer) is not None: return
+    if (self.monitor is not None and self.monitor not in monitor_candidates
+            and trainer.fit_loop.epoch_loop.val_loop._has_run):
+        raise ConfigError(missing_metric_message(f"{self.config_key}.monitor", self.monitor, trainer.callback_metrics))
+    super(GANCheckpoint, self)._save_topk_checkpoint(trainer, monitor_candidates)
+
+@patch_to(GANCheckpoint)
+def _save_last_checkpoint(self, trainer, monitor_candidates):
+    if not self.save_last or self._refusal(trainer) is not None: return
+    super(GANCheckpoint, self)._save_last_checkpoint(trainer, monitor_candidates)
+
+@patch_to(GANCheckpoint)
+def on_exception(self, trainer, pl_module, exception):
+    if self._should_save_on_exception(trainer) and self._refusal(trainer) is not None: return
+    super(GANCheckpoint, self).on_exception(trainer, pl_module, exception)
+
+# %% ../nbs/09_callbacks.ipynb #6b7b69a5
+@patch_to(GANCheckpoint)
+def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    with warnings.catch_warnings():  # gan_engine saves the state after the generator step on purpose
+        warnings.filterwarnings("ignore", ".*no pre-optimization state was saved.*")
+        super(GANCheckpoint, self).on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+@patch_to(GANCheckpoint)
+def on_validation_end(self, trainer, pl_module):
+    super(GANCheckpoint, self).on_validation_end(trainer, pl_module)
+    if (self.save_last and not self._should_skip_saving_checkpoint(trainer)
+            and not self._should_save_on_train_epoch_end(trainer)):
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+@patch_to(GANCheckpoint)
+def on_train_end(self, trainer, pl_module):
+    if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+        self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+    super(GANCheckpoint, self).on_train_end(trainer, pl_module)
+
+# %% ../nbs/09_callbacks.ipynb #5a317c90
+@patch_to(GANCheckpoint)
+def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+    if self._saving: self._pending = checkpoint  # complete once trainer.save_checkpoint returns
+
+@patch_to(GANCheckpoint)
+def _prefix(self, pl_module)->str|None:
+    g = getattr(pl_module, self.generator_attr, None)
+    if not isinstance(g, torch.nn.Module): return None
+    return next((n for n, m in pl_module.named_modules() if m is g), self.generator_attr)
+
+@patch_to(GANCheckpoint)
+def _save_checkpoint(self, trainer, filepath):
+    self._saving, self._pending = True, None
+    try: super(GANCheckpoint, self)._save_checkpoint(trainer, filepath)
+    finally: self._saving = False
+    ckpt, self._pending = self._pending, None
+    if not trainer.is_global_zero: return
+    prefix = self._prefix(trainer.lightning_module)
+    if prefix is None:
+        warnings.warn(f"GANCheckpoint: {type(trainer.lightning_module).__name__} has no `{self.generator_attr}` "
+                      f"module, so no generator weight files are written", UserWarning)
+        return
+    if ckpt is None:  # weights-only checkpoints skip callbacks' on_save_checkpoint: read the module instead
+        m = trainer.lightning_module
+        ckpt = {"state_dict": m.state_dict()}
+        if getattr(m, "ema", None) is not None: ckpt[EMA_KEY] = m.ema.state_dict()
+    write_weight_files(ckpt, filepath, prefix, self.weights_format)
+
+@patch_to(GANCheckpoint)
+def _link_checkpoint(self, trainer, filepath, linkpath):
+    super(GANCheckpoint, self)._link_checkpoint(trainer, filepath, linkpath)
+    if not trainer.is_global_zero or os.path.abspath(filepath) == os.path.abspath(linkpath): return
+    for fmt in WEIGHT_FORMATS:
+        for src, dst in zip(weight_paths(filepath, fmt), weight_paths(linkpath, fmt)):
+            _unlink(dst)
+            if not src.exists(): continue
+            try: os.symlink(os.path.relpath(src, dst.parent), dst)
+            except OSError: shutil.copy(src, dst)
+
+@patch_to(GANCheckpoint)
+def _remove_checkpoint(self, trainer, filepath):
+    super(GANCheckpoint, self)._remove_checkpoint(trainer, filepath)
+    if trainer.is_global_zero:
+        for fmt in WEIGHT_FORMATS:
+            for p in weight_paths(filepath, fmt): _unlink(p)
 
 # %% ../nbs/09_callbacks.ipynb #30da85a0
 def _safetensors_available()->bool:

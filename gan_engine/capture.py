@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 import lightning as L
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from fastcore.basics import patch_to
 
 # %% auto #0
 __all__ = ['Capture', 'sample_metrics', 'SampleCapture', 'find_capture']
@@ -118,114 +119,11 @@ class SampleCapture(L.Callback):
     def __repr__(self):
         return f"SampleCapture(every_n_steps={self.every_n_steps}, entries={len(self)}, steps={self.steps[-3:]})"
 
-    # ---- the fixed batch ----
-    def set_batch(self, batch:Mapping):
-        "Hold the first `num_samples` samples of `batch` (a batch-contract dict) as the fixed samples."
-        if not isinstance(batch, Mapping) or "hr" not in batch:
-            raise ValueError(f"Expected `batch` to be a dict with at least `hr` (and `lr`) but got "
-                             f"{sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__}")
-        self.inputs, self._baseline = _first_samples(batch, self.num_samples), None
-
-    def batch_from_loader(self, loader)->dict|None:
-        "The first `num_samples` samples from a loader (None when it is empty)."
-        parts, n = [], 0
-        for b in loader:
-            parts.append(_first_samples(b, self.num_samples - n)); n += len(parts[-1]["hr"])
-            if n >= self.num_samples: break
-        return _cat(parts) if parts else None
-
-    # ---- recording ----
-    def _run(self, module, ema:bool)->torch.Tensor:
-        "Generator output in raw units on the fixed batch (EMA or live weights), eval mode, no gradients."
-        g = module.ema.module if ema and getattr(module, "ema", None) is not None else module.generator
-        dev = _device(module, torch.device("cpu"))
-        gdev = _device(g, dev)
-        batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in self.inputs.items()}
-        was = g.training
-        g.eval()
-        try:
-            normed = module.normalise_batch(batch)
-            x, cond = module.task.generator_input(normed)
-            out = g(x.to(gdev), cond.to(gdev)) if cond is not None else g(x.to(gdev))
-        finally: g.train(was)
-        return module.denormalise(out.to(dev).float()).cpu()
-
-    @torch.no_grad()
-    def record(self, module, # a GANModule (or anything with generator, ema, task, normalise_batch, denormalise, value_range)
-               step:int|None=None, # the step to file it under (default `module.g_step`)
-               lr_g:float|None=None, # learning rate to note
-              )->Capture:
-        "Capture now: run the generator(s) on the fixed samples and add the entry to the history."
-        if self.inputs is None:
-            raise ValueError("Expected fixed samples before recording but got none: pass `batch=` or train with a validation loader")
-        if module.value_range is None:
-            raise ValueError("Expected `module.value_range` to be known but got None; set Data.value_range")
-        lo, hi = (float(v) for v in module.value_range)
-        self.value_range = (lo, hi)
-        inp = self.inputs
-        if self._baseline is None:
-            up = module.task.baseline(inp).float().clamp(lo, hi).cpu()
-            self._baseline = (up, sample_metrics(up, inp["hr"], (lo, hi)))
-        lr_up, base_metrics = self._baseline
-        has_ema = getattr(module, "ema", None) is not None
-        sr = self._run(module, ema=True).clamp(lo, hi)
-        sr_raw = self._run(module, ema=False).clamp(lo, hi) if has_ema else None
-        metrics = sample_metrics(sr, inp["hr"], (lo, hi))
-        if sr_raw is not None: metrics.update({f"{k}_raw": v for k, v in sample_metrics(sr_raw, inp["hr"], (lo, hi)).items()})
-        metrics.update({f"{k}_baseline": v for k, v in base_metrics.items()})
-        mask = inp.get("mask")
-        e = Capture(step=int(module.g_step if step is None else step), lr_g=lr_g, lr=inp["lr"] if "lr" in inp else inp["hr"],
-                    lr_up=lr_up, hr=inp["hr"], sr=sr, sr_raw=sr_raw, mask=mask,
-                    prompt=list(inp["prompt"]) if "prompt" in inp else None, metrics=metrics)
-        self._add(e)
-        for fn in list(self.on_capture):
-            try: fn(e)
-            except Exception as err:
-                self.hook_error = err
-                warnings.warn(f"SampleCapture.on_capture hook {fn!r} failed: {err!r}", RuntimeWarning)
-        return e
-
-    def _add(self, e:Capture):
-        with self._lock:
-            if len(self._entries) >= self.max_entries:  # thin: first, every other, latest
-                old = self._entries
-                self._entries = old[:-1:2] + [old[-1]]
-                self.thinned += 1
-            self._entries.append(e)
-
-    def clear(self):
-        "Forget the history (the fixed samples stay)."
-        with self._lock: self._entries = []
-
     # ---- Lightning hooks ----
     @staticmethod
     def _lr(trainer)->float|None:
         opts = getattr(trainer, "optimizers", None)
         return float(opts[0].param_groups[0]["lr"]) if opts else None
-
-    def _due(self, step:int)->bool:
-        last = self.latest
-        return last is None or last.step != step
-
-    def on_train_start(self, trainer, pl_module):
-        if not trainer.is_global_zero: return
-        if self.inputs is None:
-            dm = getattr(trainer, "datamodule", None)
-            loader = dm.val_dataloader() if dm is not None and hasattr(dm, "val_dataloader") else None
-            b = self.batch_from_loader(loader) if loader is not None else None
-            if b is not None: self.inputs = b
-        if self.inputs is not None and self.at_start and self._due(trainer.global_step):
-            self.record(pl_module, trainer.global_step, self._lr(trainer))
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if not trainer.is_global_zero: return
-        if self.inputs is None: self.set_batch(batch)  # no validation data: the first training batch
-        step = trainer.global_step
-        if step % self.every_n_steps == 0 and self._due(step): self.record(pl_module, step, self._lr(trainer))
-
-    def on_train_end(self, trainer, pl_module):
-        if trainer.is_global_zero and self.at_start and self.inputs is not None and self._due(trainer.global_step):
-            self.record(pl_module, trainer.global_step, self._lr(trainer))
 
 def find_capture(session)->SampleCapture|None:
     "The `SampleCapture` among a session's (BackgroundRun, Run or Trainer) callbacks."
@@ -233,3 +131,118 @@ def find_capture(session)->SampleCapture|None:
     for cb in getattr(tr, "callbacks", []) or []:
         if isinstance(cb, SampleCapture): return cb
     return None
+
+# %% ../nbs/12_capture.ipynb #bf1e05bf
+@patch_to(SampleCapture)
+def set_batch(self, batch:Mapping):
+    "Hold the first `num_samples` samples of `batch` (a batch-contract dict) as the fixed samples."
+    if not isinstance(batch, Mapping) or "hr" not in batch:
+        raise ValueError(f"Expected `batch` to be a dict with at least `hr` (and `lr`) but got "
+                         f"{sorted(batch) if isinstance(batch, Mapping) else type(batch).__name__}")
+    self.inputs, self._baseline = _first_samples(batch, self.num_samples), None
+
+@patch_to(SampleCapture)
+def batch_from_loader(self, loader)->dict|None:
+    "The first `num_samples` samples from a loader (None when it is empty)."
+    parts, n = [], 0
+    for b in loader:
+        parts.append(_first_samples(b, self.num_samples - n)); n += len(parts[-1]["hr"])
+        if n >= self.num_samples: break
+    return _cat(parts) if parts else None
+
+# %% ../nbs/12_capture.ipynb #8a5410f5
+@patch_to(SampleCapture)
+def _run(self, module, ema:bool)->torch.Tensor:
+    "Generator output in raw units on the fixed batch (EMA or live weights), eval mode, no gradients."
+    g = module.ema.module if ema and getattr(module, "ema", None) is not None else module.generator
+    dev = _device(module, torch.device("cpu"))
+    gdev = _device(g, dev)
+    batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in self.inputs.items()}
+    was = g.training
+    g.eval()
+    try:
+        normed = module.normalise_batch(batch)
+        x, cond = module.task.generator_input(normed)
+        out = g(x.to(gdev), cond.to(gdev)) if cond is not None else g(x.to(gdev))
+    finally: g.train(was)
+    return module.denormalise(out.to(dev).float()).cpu()
+
+# %% ../nbs/12_capture.ipynb #99f4da63
+@patch_to(SampleCapture)
+@torch.no_grad()
+def record(self, module, # a GANModule (or anything with generator, ema, task, normalise_batch, denormalise, value_range)
+           step:int|None=None, # the step to file it under (default `module.g_step`)
+           lr_g:float|None=None, # learning rate to note
+          )->Capture:
+    "Capture now: run the generator(s) on the fixed samples and add the entry to the history."
+    if self.inputs is None:
+        raise ValueError("Expected fixed samples before recording but got none: pass `batch=` or train with a validation loader")
+    if module.value_range is None:
+        raise ValueError("Expected `module.value_range` to be known but got None; set Data.value_range")
+    lo, hi = (float(v) for v in module.value_range)
+    self.value_range = (lo, hi)
+    inp = self.inputs
+    if self._baseline is None:
+        up = module.task.baseline(inp).float().clamp(lo, hi).cpu()
+        self._baseline = (up, sample_metrics(up, inp["hr"], (lo, hi)))
+    lr_up, base_metrics = self._baseline
+    has_ema = getattr(module, "ema", None) is not None
+    sr = self._run(module, ema=True).clamp(lo, hi)
+    sr_raw = self._run(module, ema=False).clamp(lo, hi) if has_ema else None
+    metrics = sample_metrics(sr, inp["hr"], (lo, hi))
+    if sr_raw is not None: metrics.update({f"{k}_raw": v for k, v in sample_metrics(sr_raw, inp["hr"], (lo, hi)).items()})
+    metrics.update({f"{k}_baseline": v for k, v in base_metrics.items()})
+    mask = inp.get("mask")
+    e = Capture(step=int(module.g_step if step is None else step), lr_g=lr_g, lr=inp["lr"] if "lr" in inp else inp["hr"],
+                lr_up=lr_up, hr=inp["hr"], sr=sr, sr_raw=sr_raw, mask=mask,
+                prompt=list(inp["prompt"]) if "prompt" in inp else None, metrics=metrics)
+    self._add(e)
+    for fn in list(self.on_capture):
+        try: fn(e)
+        except Exception as err:
+            self.hook_error = err
+            warnings.warn(f"SampleCapture.on_capture hook {fn!r} failed: {err!r}", RuntimeWarning)
+    return e
+
+@patch_to(SampleCapture)
+def _add(self, e:Capture):
+    with self._lock:
+        if len(self._entries) >= self.max_entries:  # thin: first, every other, latest
+            old = self._entries
+            self._entries = old[:-1:2] + [old[-1]]
+            self.thinned += 1
+        self._entries.append(e)
+
+@patch_to(SampleCapture)
+def clear(self):
+    "Forget the history (the fixed samples stay)."
+    with self._lock: self._entries = []
+
+# %% ../nbs/12_capture.ipynb #eb8695c0
+@patch_to(SampleCapture)
+def _due(self, step:int)->bool:
+    last = self.latest
+    return last is None or last.step != step
+
+@patch_to(SampleCapture)
+def on_train_start(self, trainer, pl_module):
+    if not trainer.is_global_zero: return
+    if self.inputs is None:
+        dm = getattr(trainer, "datamodule", None)
+        loader = dm.val_dataloader() if dm is not None and hasattr(dm, "val_dataloader") else None
+        b = self.batch_from_loader(loader) if loader is not None else None
+        if b is not None: self.inputs = b
+    if self.inputs is not None and self.at_start and self._due(trainer.global_step):
+        self.record(pl_module, trainer.global_step, self._lr(trainer))
+
+@patch_to(SampleCapture)
+def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    if not trainer.is_global_zero: return
+    if self.inputs is None: self.set_batch(batch)  # no validation data: the first training batch
+    step = trainer.global_step
+    if step % self.every_n_steps == 0 and self._due(step): self.record(pl_module, step, self._lr(trainer))
+
+@patch_to(SampleCapture)
+def on_train_end(self, trainer, pl_module):
+    if trainer.is_global_zero and self.at_start and self.inputs is not None and self._due(trainer.global_step):
+        self.record(pl_module, trainer.global_step, self._lr(trainer))

@@ -10,7 +10,7 @@ import argparse, sys, traceback
 from pathlib import Path
 
 import gan_engine
-from .config import ConfigError, load_config, save_config, Config
+from .config import ConfigError, load_config, Config
 
 # %% auto #0
 __all__ = ['find_samples', 'quickstart_config', 'main']
@@ -96,6 +96,7 @@ def _parser()->argparse.ArgumentParser:
     common(pv)
     return p
 
+# %% ../nbs/14_cli.ipynb #24e1a37c
 def _config(args, ckpt:str|None=None)->Config:
     "The config: --config, else the one stored in `ckpt` (resume, validate), else the quickstart; overrides on top."
     if args.config: return load_config(args.config, args.overrides)

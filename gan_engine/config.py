@@ -6,15 +6,16 @@ Docs: https://gan-engine.github.io/gan_engine/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #ae5559c7
 from __future__ import annotations
-import copy, inspect, warnings
+import copy, inspect, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import yaml
+if TYPE_CHECKING: import pandas  # only named in a return annotation
 
-from .registry import (ConfigError, ConfigWarning, did_you_mean, import_object, is_import_path, registry_for,
-                                 has_key, get_key, set_key)
+from .registry import (ConfigError, ConfigWarning, did_you_mean, is_import_path, registry_for, has_key, get_key, set_key)
+from .registry import import_object  # noqa: F401 (kept importable from here, where it lived before registry)
 from .opensr import translate_opensr
 
 # %% auto #0
@@ -319,17 +320,16 @@ class Config(Section):
         return load_config(self.to_dict(), overrides)
 
 # %% ../nbs/00_config.ipynb #55c03659
-import re as _re
 class ConfigLoader(yaml.SafeLoader):
     "`yaml.SafeLoader` that also reads `1e-4`-style numbers as floats."
 
 ConfigLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    _re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                     |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$''', _re.X),
+                    |\.(?:nan|NaN|NAN))$''', re.X),
     list("-+0123456789."))
 
 def yaml_load(text:str):
@@ -465,6 +465,7 @@ def _cross_checks(c:dict, problems:list):
 
 # %% ../nbs/00_config.ipynb #fc2e64f4
 _PRECISION_NAMES = {"32": 32, "32-true": 32, "16": 16, "16-mixed": 16, "bf16": "bf16", "bf16-mixed": "bf16"}
+
 SPEC_KEYS = {"callbacks": "lightning.pytorch.callbacks", "logger": "lightning.pytorch.loggers",
              "strategy": "lightning.pytorch.strategies", "plugins": "lightning.pytorch.plugins",
              "profiler": "lightning.pytorch.profilers"}  # Trainer keywords that take class_path specs
@@ -507,6 +508,7 @@ def _translate_trainer(raw:dict, problems:list)->dict:
         else: give("logger", "Logging.logger", "no logger", "none")
     return raw
 
+# %% ../nbs/00_config.ipynb #c899374e
 def is_class_spec(v)->bool:
     "True for Lightning's `{class_path: ..., init_args: {...}}` form."
     return isinstance(v, Mapping) and "class_path" in v

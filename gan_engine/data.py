@@ -19,9 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import lightning as L
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
+from fastcore.basics import patch_to
 
 from .registry import ConfigError
 from .steps import StepPlan
@@ -346,91 +347,100 @@ class SRDataset(Dataset):
         self.value_range = tuple(float(v) for v in value_range) if value_range is not None else None
         self._check_headers()
 
-    def _check_headers(self):
-        "Check band counts, sizes, LR/HR geometry and value ranges from the file headers."
-        s, p = self.scale, self.patch
-        first = None
-        for i, f in enumerate(self.files):
-            (c, h, w), dt = probe_image(f)
-            if self.in_bands is not None and c != self.in_bands:
-                raise DataError(f"Expected `{f}` to have {self.in_bands} bands (Model.in_bands) but got {c}")
-            if self.band_names is not None and len(self.band_names) != c:
-                raise DataError(f"Expected `{f}` to have {len(self.band_names)} bands (one per Data.band_names entry) "
-                                f"but got {c}")
-            if p is not None and (h < p * s or w < p * s):
-                raise DataError(f"Expected `{f}` to be at least {p * s}x{p * s} px (HR crop = Data.lr_patch_size {p} x "
-                                f"Data.scale {s}) but got {h}x{w}")
-            if p is None and self.lr_files is None and (h % s or w % s):
-                raise DataError(f"Expected `{f}` height and width to be divisible by Data.scale {s} (whole images are "
-                                f"used since Data.lr_patch_size is None) but got {h}x{w}")
-            if self.lr_files is not None:
-                lf = self.lr_files[i]
-                (lc, lh, lw), _ = probe_image(lf)
-                if lc != c:
-                    raise DataError(f"Expected LR file `{lf}` to have {c} bands like its HR file '{f.name}' but got {lc}")
-                if lh * s != h or lw * s != w:
-                    raise DataError(f"Expected LR file `{lf}` to be {h / s:g}x{w / s:g} px (HR '{f.name}' {h}x{w} / "
-                                    f"Data.scale {s}) but got {lh}x{lw}")
-            if self.value_range is None:
-                vr = dtype_value_range(dt)
-                if first is None: first = (f, vr, dt)
-                elif vr != first[1]:
-                    raise DataError(f"Expected all images to share one value range but `{f}` is {dt} {vr} and "
-                                    f"`{first[0]}` is {first[2]} {first[1]}; set Data.value_range")
-            self.bands = c
-        if self.value_range is None: self.value_range = first[1]
+# %% ../nbs/01_data.ipynb #029a8ead
+@patch_to(SRDataset)
+def _check_headers(self):
+    "Check band counts, sizes, LR/HR geometry and value ranges from the file headers."
+    s, p = self.scale, self.patch
+    first = None
+    for i, f in enumerate(self.files):
+        (c, h, w), dt = probe_image(f)
+        if self.in_bands is not None and c != self.in_bands:
+            raise DataError(f"Expected `{f}` to have {self.in_bands} bands (Model.in_bands) but got {c}")
+        if self.band_names is not None and len(self.band_names) != c:
+            raise DataError(f"Expected `{f}` to have {len(self.band_names)} bands (one per Data.band_names entry) "
+                            f"but got {c}")
+        if p is not None and (h < p * s or w < p * s):
+            raise DataError(f"Expected `{f}` to be at least {p * s}x{p * s} px (HR crop = Data.lr_patch_size {p} x "
+                            f"Data.scale {s}) but got {h}x{w}")
+        if p is None and self.lr_files is None and (h % s or w % s):
+            raise DataError(f"Expected `{f}` height and width to be divisible by Data.scale {s} (whole images are "
+                            f"used since Data.lr_patch_size is None) but got {h}x{w}")
+        if self.lr_files is not None:
+            lf = self.lr_files[i]
+            (lc, lh, lw), _ = probe_image(lf)
+            if lc != c:
+                raise DataError(f"Expected LR file `{lf}` to have {c} bands like its HR file '{f.name}' but got {lc}")
+            if lh * s != h or lw * s != w:
+                raise DataError(f"Expected LR file `{lf}` to be {h / s:g}x{w / s:g} px (HR '{f.name}' {h}x{w} / "
+                                f"Data.scale {s}) but got {lh}x{lw}")
+        if self.value_range is None:
+            vr = dtype_value_range(dt)
+            if first is None: first = (f, vr, dt)
+            elif vr != first[1]:
+                raise DataError(f"Expected all images to share one value range but `{f}` is {dt} {vr} and "
+                                f"`{first[0]}` is {first[2]} {first[1]}; set Data.value_range")
+        self.bands = c
+    if self.value_range is None: self.value_range = first[1]
 
-    def __len__(self): return len(self.files) * self.repeat
+# %% ../nbs/01_data.ipynb #14fafeca
+@patch_to(SRDataset)
+def __len__(self): return len(self.files) * self.repeat
 
-    def _generator(self, i: int, seed: int | None = None) -> torch.Generator:
-        "Per-sample RNG: the sampler's seed if given; else (seed, index) for validation, torch's global RNG for training."
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,))) if self.train else self.seed * 1_000_003 + i
-        return torch.Generator().manual_seed(int(seed))
+@patch_to(SRDataset)
+def _generator(self, i: int, seed: int | None = None) -> torch.Generator:
+    "Per-sample RNG: the sampler's seed if given; else (seed, index) for validation, torch's global RNG for training."
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,))) if self.train else self.seed * 1_000_003 + i
+    return torch.Generator().manual_seed(int(seed))
 
-    def read(self, i: int, lr: bool = False) -> tuple[torch.Tensor, dict]:
-        "Whole HR (or paired LR) image `i` as a float32 tensor (C,H,W) and its meta."
-        f = (self.lr_files if lr else self.files)[i]
-        arr, meta = read_image(f, self.value_range, self.band_names, self.allow_nonfinite)
-        if self.in_bands is not None and arr.shape[0] != self.in_bands:
-            raise DataError(f"Expected `{f}` to have {self.in_bands} bands (Model.in_bands) but got {arr.shape[0]}")
-        return torch.from_numpy(arr), meta
+@patch_to(SRDataset)
+def read(self, i: int, lr: bool = False) -> tuple[torch.Tensor, dict]:
+    "Whole HR (or paired LR) image `i` as a float32 tensor (C,H,W) and its meta."
+    f = (self.lr_files if lr else self.files)[i]
+    arr, meta = read_image(f, self.value_range, self.band_names, self.allow_nonfinite)
+    if self.in_bands is not None and arr.shape[0] != self.in_bands:
+        raise DataError(f"Expected `{f}` to have {self.in_bands} bands (Model.in_bands) but got {arr.shape[0]}")
+    return torch.from_numpy(arr), meta
 
-    def iter_images(self, key: str = "hr") -> Iterable[torch.Tensor]:
-        "Yield whole images (C,H,W) for statistics: `hr`, or `lr` (paired files, else degraded HR)."
-        for i in range(len(self.files)):
-            if key == "lr" and self.lr_files is not None: yield self.read(i, lr=True)[0]
-            else:
-                x = self.read(i)[0]
-                if key == "lr":
-                    s = self.scale
-                    h, w = (x.shape[-2] // s) * s, (x.shape[-1] // s) * s
-                    x = degrade(x[:, :h, :w], s, self.blur_sigma, 0.0, self.antialias)
-                yield x
-
-    def __getitem__(self, idx: int | tuple[int, int]) -> dict:
-        "Sample `idx`, or `(idx, seed)` with the seed of its random crop and augmentation (from `ResumableSampler`)."
-        idx, seed = idx if isinstance(idx, tuple) else (idx, None)
-        i = idx % len(self.files)
-        s, p = self.scale, self.patch
-        g = self._generator(i, seed)
-        hr, meta = self.read(i)
-        lr = self.read(i, lr=True)[0] if self.lr_files is not None else None
-        lh, lw = (lr.shape[-2:] if lr is not None else (hr.shape[-2] // s, hr.shape[-1] // s))
-        ph, pw = (lh, lw) if p is None else (p, p)
-        top, left = (0, 0) if p is None else crop_position((lh, lw), p, self.train, g)
-        hr = hr[:, top * s:(top + ph) * s, left * s:(left + pw) * s]
-        if lr is not None: lr = lr[:, top:top + ph, left:left + pw]
+@patch_to(SRDataset)
+def iter_images(self, key: str = "hr") -> Iterable[torch.Tensor]:
+    "Yield whole images (C,H,W) for statistics: `hr`, or `lr` (paired files, else degraded HR)."
+    for i in range(len(self.files)):
+        if key == "lr" and self.lr_files is not None: yield self.read(i, lr=True)[0]
         else:
-            lr = degrade(hr, s, self.blur_sigma, self.noise_std, self.antialias, g,
-                         clip=meta["value_range"] if self.clip else None)
-        out, ops = augment(dict(lr=lr, hr=hr), generator=g, **self.augment)
-        meta.update(index=i, lr_source=str(self.lr_files[i]) if self.lr_files is not None else None,
-                    crop_hr=(top * s, left * s, ph * s, pw * s), crop_lr=(top, left, ph, pw), scale=s, augment=ops,
-                    degradation=None if self.lr_files is not None else
-                    dict(blur_sigma=self.blur_sigma, noise_std=self.noise_std, antialias=self.antialias))
-        item = dict(lr=out["lr"].contiguous(), hr=out["hr"].contiguous(), meta=meta)
-        return self.transform(item) if self.transform is not None else item
+            x = self.read(i)[0]
+            if key == "lr":
+                s = self.scale
+                h, w = (x.shape[-2] // s) * s, (x.shape[-1] // s) * s
+                x = degrade(x[:, :h, :w], s, self.blur_sigma, 0.0, self.antialias)
+            yield x
+
+# %% ../nbs/01_data.ipynb #694a00aa
+@patch_to(SRDataset)
+def __getitem__(self, idx: int | tuple[int, int]) -> dict:
+    "Sample `idx`, or `(idx, seed)` with the seed of its random crop and augmentation (from `ResumableSampler`)."
+    idx, seed = idx if isinstance(idx, tuple) else (idx, None)
+    i = idx % len(self.files)
+    s, p = self.scale, self.patch
+    g = self._generator(i, seed)
+    hr, meta = self.read(i)
+    lr = self.read(i, lr=True)[0] if self.lr_files is not None else None
+    lh, lw = (lr.shape[-2:] if lr is not None else (hr.shape[-2] // s, hr.shape[-1] // s))
+    ph, pw = (lh, lw) if p is None else (p, p)
+    top, left = (0, 0) if p is None else crop_position((lh, lw), p, self.train, g)
+    hr = hr[:, top * s:(top + ph) * s, left * s:(left + pw) * s]
+    if lr is not None: lr = lr[:, top:top + ph, left:left + pw]
+    else:
+        lr = degrade(hr, s, self.blur_sigma, self.noise_std, self.antialias, g,
+                     clip=meta["value_range"] if self.clip else None)
+    out, ops = augment(dict(lr=lr, hr=hr), generator=g, **self.augment)
+    meta.update(index=i, lr_source=str(self.lr_files[i]) if self.lr_files is not None else None,
+                crop_hr=(top * s, left * s, ph * s, pw * s), crop_lr=(top, left, ph, pw), scale=s, augment=ops,
+                degradation=None if self.lr_files is not None else
+                dict(blur_sigma=self.blur_sigma, noise_std=self.noise_std, antialias=self.antialias))
+    item = dict(lr=out["lr"].contiguous(), hr=out["hr"].contiguous(), meta=meta)
+    return self.transform(item) if self.transform is not None else item
 
 # %% ../nbs/01_data.ipynb #f5e35d45
 def split_files(
@@ -574,53 +584,58 @@ class GANDataModule(L.LightningDataModule):
             raise DataError(f"Expected validation images to share the training value range "
                             f"{self.train_dataset.value_range} but got {self.val_dataset.value_range}; set Data.value_range")
 
-    def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
-        nw, seed = self.cfg.Data.num_workers, self.cfg.Training.seed
-        # its own generator: building or iterating a loader never draws from the global random state
-        kw = dict(num_workers=nw, collate_fn=collate, pin_memory=torch.cuda.is_available(),
-                  generator=torch.Generator().manual_seed(seed))
-        if nw > 0:
-            kw["persistent_workers"] = True
-            if self.cfg.Data.prefetch_factor is not None: kw["prefetch_factor"] = self.cfg.Data.prefetch_factor
-        if not train: return DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
-        t = getattr(self, "trainer", None)
-        world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
-        sampler = ResumableSampler(len(ds), seed, shuffle=True, num_replicas=world, rank=rank)
-        return ResumableLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=len(sampler) >= batch_size, **kw)
+# %% ../nbs/01_data.ipynb #3042bedb
+@patch_to(GANDataModule)
+def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
+    nw, seed = self.cfg.Data.num_workers, self.cfg.Training.seed
+    # its own generator: building or iterating a loader never draws from the global random state
+    kw = dict(num_workers=nw, collate_fn=collate, pin_memory=torch.cuda.is_available(),
+              generator=torch.Generator().manual_seed(seed))
+    if nw > 0:
+        kw["persistent_workers"] = True
+        if self.cfg.Data.prefetch_factor is not None: kw["prefetch_factor"] = self.cfg.Data.prefetch_factor
+    if not train: return DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
+    t = getattr(self, "trainer", None)
+    world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
+    sampler = ResumableSampler(len(ds), seed, shuffle=True, num_replicas=world, rank=rank)
+    return ResumableLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=len(sampler) >= batch_size, **kw)
 
-    def train_dataloader(self) -> ResumableLoader:
-        "Training loader: resumable order, `train_batch_size` x the micro-batches a generator step splits it into."
-        self.setup()
-        bs = StepPlan.from_config(self.cfg).loader_batch_size(self.cfg.Data.train_batch_size)
-        return self._loader(self.train_dataset, bs, True)
+@patch_to(GANDataModule)
+def train_dataloader(self) -> ResumableLoader:
+    "Training loader: resumable order, `train_batch_size` x the micro-batches a generator step splits it into."
+    self.setup()
+    bs = StepPlan.from_config(self.cfg).loader_batch_size(self.cfg.Data.train_batch_size)
+    return self._loader(self.train_dataset, bs, True)
 
-    def val_dataloader(self):
-        "Validation loader (fixed order, fixed samples); [] when there is no validation set."
-        self.setup()
-        if self.val_dataset is None: return []
-        return self._loader(self.val_dataset, self.cfg.Data.val_batch_size, False)
+@patch_to(GANDataModule)
+def val_dataloader(self):
+    "Validation loader (fixed order, fixed samples); [] when there is no validation set."
+    self.setup()
+    if self.val_dataset is None: return []
+    return self._loader(self.val_dataset, self.cfg.Data.val_batch_size, False)
 
-    @property
-    def value_range(self) -> tuple[float, float]:
-        "(low, high) of the raw data (Data.value_range or from the dtype)."
-        self.setup(); return self.train_dataset.value_range
+# %% ../nbs/01_data.ipynb #83f01799
+@patch_to(GANDataModule, as_prop=True)
+def value_range(self) -> tuple[float, float]:
+    "(low, high) of the raw data (Data.value_range or from the dtype)."
+    self.setup(); return self.train_dataset.value_range
 
-    @property
-    def data_range(self) -> float:
-        "high - low of the raw data, for PSNR/SSIM on unnormalised values."
-        lo, hi = self.value_range; return hi - lo
+@patch_to(GANDataModule, as_prop=True)
+def data_range(self) -> float:
+    "high - low of the raw data, for PSNR/SSIM on unnormalised values."
+    lo, hi = self.value_range; return hi - lo
 
-    @property
-    def band_names(self) -> list[str] | None:
-        "Band names (Data.band_names, or from the format, e.g. R,G,B for PNG)."
-        self.setup()
-        if self.train_dataset.band_names is not None: return list(self.train_dataset.band_names)
-        return self.train_dataset.read(0)[1]["band_names"]
+@patch_to(GANDataModule, as_prop=True)
+def band_names(self) -> list[str] | None:
+    "Band names (Data.band_names, or from the format, e.g. R,G,B for PNG)."
+    self.setup()
+    if self.train_dataset.band_names is not None: return list(self.train_dataset.band_names)
+    return self.train_dataset.read(0)[1]["band_names"]
 
-    @property
-    def in_bands(self) -> int:
-        "Band count of the data."
-        self.setup(); return self.train_dataset.bands
+@patch_to(GANDataModule, as_prop=True)
+def in_bands(self) -> int:
+    "Band count of the data."
+    self.setup(); return self.train_dataset.bands
 
 # %% ../nbs/01_data.ipynb #0c7553d4
 def resolve_value_range(cfg, # a Config (Data.value_range, Data.train_dir)

@@ -12,9 +12,8 @@ __all__ = ['NORMS', 'DISCRIMINATORS', 'sn', 'make_norm', 'Projection', 'Standard
 # %% ../nbs/04_discriminators.ipynb #bcd25f51
 import torch
 from torch import nn
-import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
-from .generators import check_image, check_divisible, check_cond, count_parameters
+from .generators import check_image, check_divisible, check_cond
 
 # %% ../nbs/04_discriminators.ipynb #428009b2
 NORMS = ("batch", "instance", "none")

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 import lightning as L
-from fastcore.basics import patch
+from fastcore.basics import patch, patch_to
 
 from .checkpoint import EMA_KEY
 from .config import EMA_DECAY_RANGE
@@ -350,69 +350,90 @@ class EMACallback(L.Callback):
         elif ema is not self._own: self._own = None
         self._ckpt_seen, self._reconciled = False, False
 
-    # --- checkpoint restore ---------------------------------------------------------------------------------
-    def _init_from_generator(self, pl_module, why: str):
-        ema = self._ema(pl_module)
-        if ema is None: return
-        warnings.warn(f"{why}: initialising the generator EMA from the loaded generator weights "
-                      f"(update count 0, warm-up restarts).", UserWarning, stacklevel=2)
-        ema.reset(self._generator(pl_module))
+# %% ../nbs/06_ema.ipynb #5a299c0e
+@patch_to(EMACallback)
+def _init_from_generator(self, pl_module, why: str):
+    ema = self._ema(pl_module)
+    if ema is None: return
+    warnings.warn(f"{why}: initialising the generator EMA from the loaded generator weights "
+                  f"(update count 0, warm-up restarts).", UserWarning, stacklevel=2)
+    ema.reset(self._generator(pl_module))
 
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-        self._ckpt_seen = True
-        ema = self._ema(pl_module)
-        if ema is None: return
-        if EMA_KEY in checkpoint: ema.load_state_dict(checkpoint[EMA_KEY])
-        else: self._init_from_generator(pl_module, f"The checkpoint has no EMA state ('{EMA_KEY}')")
+@patch_to(EMACallback)
+def on_load_checkpoint(self, trainer, pl_module, checkpoint):
+    self._ckpt_seen = True
+    ema = self._ema(pl_module)
+    if ema is None: return
+    if EMA_KEY in checkpoint: ema.load_state_dict(checkpoint[EMA_KEY])
+    else: self._init_from_generator(pl_module, f"The checkpoint has no EMA state ('{EMA_KEY}')")
 
-    def _reconcile(self, trainer, pl_module):
-        "After any restore: a checkpoint was loaded but our hook never ran (no 'callbacks' entry)."
-        if self._reconciled: return
-        self._reconciled = True
-        if trainer.ckpt_path is not None and not self._ckpt_seen:
-            self._init_from_generator(pl_module, f"The checkpoint {trainer.ckpt_path} was loaded without EMA state "
-                                                 f"(no callback states in it)")
+@patch_to(EMACallback)
+def _reconcile(self, trainer, pl_module):
+    "After any restore: a checkpoint was loaded but our hook never ran (no 'callbacks' entry)."
+    if self._reconciled: return
+    self._reconciled = True
+    if trainer.ckpt_path is not None and not self._ckpt_seen:
+        self._init_from_generator(pl_module, f"The checkpoint {trainer.ckpt_path} was loaded without EMA state "
+                                             f"(no callback states in it)")
 
-    # --- checkpoint save ------------------------------------------------------------------------------------
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        ema = self._ema(pl_module)
-        if ema is None: return
-        checkpoint[EMA_KEY] = ema.state_dict()
-        if self._swapped is not None and "state_dict" in checkpoint:  # saved mid-swap: keep training weights
-            g = self._generator(pl_module)
-            prefix = next((n for n, m in pl_module.named_modules() if m is g), None)
-            if prefix is not None:
-                names = [n for n, _ in g.named_parameters()] + [n for n, _ in g.named_buffers()]
-                sd = checkpoint["state_dict"]
-                for n, t in zip(names, self._swapped._stored):
-                    k = f"{prefix}.{n}" if prefix else n
-                    if k in sd: sd[k] = t.detach().clone()
-
-    # --- updates (own EMA only) -----------------------------------------------------------------------------
-    def on_train_start(self, trainer, pl_module): self._reconcile(trainer, pl_module)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self._own is None or self._ema(pl_module) is not self._own: return
-        self._own.update(self._generator(pl_module), trainer.fit_loop.epoch_loop.total_batch_idx + 1)
-
-    # --- swaps ----------------------------------------------------------------------------------------------
-    def _swap_in(self, trainer, pl_module):
-        self._reconcile(trainer, pl_module)
-        ema = self._ema(pl_module)
-        if ema is None or self._swapped is not None: return
+# %% ../nbs/06_ema.ipynb #8eca0323
+@patch_to(EMACallback)
+def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+    ema = self._ema(pl_module)
+    if ema is None: return
+    checkpoint[EMA_KEY] = ema.state_dict()
+    if self._swapped is not None and "state_dict" in checkpoint:  # saved mid-swap: keep training weights
         g = self._generator(pl_module)
-        ema.store(g); self._swapped = ema
-        ema.copy_to(g)
+        prefix = next((n for n, m in pl_module.named_modules() if m is g), None)
+        if prefix is not None:
+            names = [n for n, _ in g.named_parameters()] + [n for n, _ in g.named_buffers()]
+            sd = checkpoint["state_dict"]
+            for n, t in zip(names, self._swapped._stored):
+                k = f"{prefix}.{n}" if prefix else n
+                if k in sd: sd[k] = t.detach().clone()
 
-    def _swap_out(self, trainer, pl_module):
-        if self._swapped is None: return
-        ema, self._swapped = self._swapped, None
-        ema.restore(self._generator(pl_module))
+# %% ../nbs/06_ema.ipynb #549d628f
+@patch_to(EMACallback)
+def on_train_start(self, trainer, pl_module): self._reconcile(trainer, pl_module)
 
-    def on_validation_start(self, trainer, pl_module): self._swap_in(trainer, pl_module)
-    def on_validation_end(self, trainer, pl_module): self._swap_out(trainer, pl_module)
-    def on_test_start(self, trainer, pl_module): self._swap_in(trainer, pl_module)
-    def on_test_end(self, trainer, pl_module): self._swap_out(trainer, pl_module)
-    def on_predict_start(self, trainer, pl_module): self._swap_in(trainer, pl_module)
-    def on_predict_end(self, trainer, pl_module): self._swap_out(trainer, pl_module)
-    def on_exception(self, trainer, pl_module, exception): self._swap_out(trainer, pl_module)
+@patch_to(EMACallback)
+def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+    if self._own is None or self._ema(pl_module) is not self._own: return
+    self._own.update(self._generator(pl_module), trainer.fit_loop.epoch_loop.total_batch_idx + 1)
+
+# %% ../nbs/06_ema.ipynb #64a12a1b
+@patch_to(EMACallback)
+def _swap_in(self, trainer, pl_module):
+    self._reconcile(trainer, pl_module)
+    ema = self._ema(pl_module)
+    if ema is None or self._swapped is not None: return
+    g = self._generator(pl_module)
+    ema.store(g); self._swapped = ema
+    ema.copy_to(g)
+
+@patch_to(EMACallback)
+def _swap_out(self, trainer, pl_module):
+    if self._swapped is None: return
+    ema, self._swapped = self._swapped, None
+    ema.restore(self._generator(pl_module))
+
+@patch_to(EMACallback)
+def on_validation_start(self, trainer, pl_module): self._swap_in(trainer, pl_module)
+
+@patch_to(EMACallback)
+def on_validation_end(self, trainer, pl_module): self._swap_out(trainer, pl_module)
+
+@patch_to(EMACallback)
+def on_test_start(self, trainer, pl_module): self._swap_in(trainer, pl_module)
+
+@patch_to(EMACallback)
+def on_test_end(self, trainer, pl_module): self._swap_out(trainer, pl_module)
+
+@patch_to(EMACallback)
+def on_predict_start(self, trainer, pl_module): self._swap_in(trainer, pl_module)
+
+@patch_to(EMACallback)
+def on_predict_end(self, trainer, pl_module): self._swap_out(trainer, pl_module)
+
+@patch_to(EMACallback)
+def on_exception(self, trainer, pl_module, exception): self._swap_out(trainer, pl_module)

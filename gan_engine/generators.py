@@ -16,6 +16,7 @@ import math
 import torch
 from torch import nn
 import torch.nn.functional as F
+from fastcore.basics import patch_to
 
 from .config import SCALES  # the one list of scaling factors (the config's)
 
@@ -124,6 +125,7 @@ class ResBlock(nn.Module):
                                   conv(n_channels, n_channels, kernel_size))
     def forward(self, x): return x + self.res_scale * self.body(x)
 
+# %% ../nbs/03_generators.ipynb #cd32d986
 class ChannelAttention(nn.Module):
     "Squeeze-and-excitation channel attention: features times a per-channel sigmoid gate."
     def __init__(self,
@@ -148,6 +150,7 @@ class RCAB(nn.Module):
                                   conv(n_channels, n_channels, kernel_size), ChannelAttention(n_channels, reduction))
     def forward(self, x): return x + self.body(x)
 
+# %% ../nbs/03_generators.ipynb #cfcf74e3
 class DenseBlock(nn.Module):
     "ESRGAN residual dense block: five densely connected convolutions, the last scaled by `res_scale`, plus identity."
     def __init__(self,
@@ -179,6 +182,7 @@ class RRDB(nn.Module):
         self.body = nn.Sequential(*[DenseBlock(n_channels, growth_channels, kernel_size, res_scale) for _ in range(3)])
     def forward(self, x): return x + self.res_scale * self.body(x)
 
+# %% ../nbs/03_generators.ipynb #fdf8d053
 class LargeKernelAttention(nn.Module):
     "VAN large-kernel attention: a `kernel_size` kernel decomposed into depthwise, depthwise dilated and 1×1 convs, used as a gate."
     def __init__(self,
@@ -328,24 +332,26 @@ class SRResNet(nn.Module):
         if global_residual != "none":  # start exactly at the interpolation and learn the residual from there
             nn.init.zeros_(self.tail.weight); nn.init.zeros_(self.tail.bias)
 
-    def forward(self,
-                x:torch.Tensor, # low-resolution input (B, in_bands, h, w)
-                cond:torch.Tensor|None=None, # conditioning embedding (B, cond_dim), needed iff cond_dim > 0
-               ) -> torch.Tensor: # (B, out_bands, h·scale, w·scale)
-        check_image(x, self.in_bands, "x", "Model.in_bands")
-        check_cond(cond, self.cond_dim, x.shape[0])
-        feat = self.head(x)
-        h = feat
-        if self.films is None:
-            for block in self.blocks: h = block(h)
-        else:
-            for block, film in zip(self.blocks, self.films): h = film(block(h), cond)
-        out = self.tail(self.upsample(feat + self.body_tail(h)))
-        if self.global_residual != "none":
-            up = F.interpolate(x, scale_factor=self.scale, mode=self.global_residual,
-                               **({} if self.global_residual == "nearest" else {"align_corners": False}))
-            out = out + up
-        return out
+# %% ../nbs/03_generators.ipynb #4854117a
+@patch_to(SRResNet)
+def forward(self,
+            x:torch.Tensor, # low-resolution input (B, in_bands, h, w)
+            cond:torch.Tensor|None=None, # conditioning embedding (B, cond_dim), needed iff cond_dim > 0
+           ) -> torch.Tensor: # (B, out_bands, h·scale, w·scale)
+    check_image(x, self.in_bands, "x", "Model.in_bands")
+    check_cond(cond, self.cond_dim, x.shape[0])
+    feat = self.head(x)
+    h = feat
+    if self.films is None:
+        for block in self.blocks: h = block(h)
+    else:
+        for block, film in zip(self.blocks, self.films): h = film(block(h), cond)
+    out = self.tail(self.upsample(feat + self.body_tail(h)))
+    if self.global_residual != "none":
+        up = F.interpolate(x, scale_factor=self.scale, mode=self.global_residual,
+                           **({} if self.global_residual == "nearest" else {"align_corners": False}))
+        out = out + up
+    return out
 
 # %% ../nbs/03_generators.ipynb #084c38b9
 class _DoubleConv(nn.Sequential):

@@ -100,61 +100,76 @@ def observe(self,
             check_d:bool=True, # whether `train/d_real`/`train/d_fake` are probabilities (bce)
            )->list[tuple[str, str]]:
     "Update the checks with this step's values; the problems found, as (kind, message)."
-    found = []
     elapsed = step - self.last_check_step if self.last_check_step is not None else self.every_n_steps
     self.last_check_step = step
-    # (a) non-finite losses
+    return [*self._check_losses(step, values), *self._check_gradients(step, values),
+            *self._check_discriminator(step, values, elapsed, real_label, check_d), *self._check_stall(step, values, elapsed)]
+
+@patch_to(TrainingHealth)
+def _check_losses(self, step:int, values:Mapping)->list:
+    "(a) A non-finite logged loss, reported once."
     bad = {k: v for k, v in values.items() if (fnmatch.fnmatchcase(k, self.loss_pattern) or k == "loss")
            and not math.isfinite(v)}
-    if bad and self.nonfinite_step is None:
-        self.nonfinite_step = step
-        found.append(("nonfinite_loss", f"non-finite loss at generator step {step}: "
-                      + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
-                      + ". Lower the learning rates, enable gradient clipping (Optimizers.gradient_clip_val) or "
-                        "check the data for NaN/Inf (Data.allow_nonfinite)"))
-    # (a') gradient norms (present only on the steps the module measured them)
+    if not bad or self.nonfinite_step is not None: return []
+    self.nonfinite_step = step
+    return [("nonfinite_loss", f"non-finite loss at generator step {step}: "
+             + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
+             + ". Lower the learning rates, enable gradient clipping (Optimizers.gradient_clip_val) or "
+               "check the data for NaN/Inf (Data.allow_nonfinite)")]
+
+# %% ../nbs/09a_health.ipynb #750caf94
+@patch_to(TrainingHealth)
+def _check_gradients(self, step:int, values:Mapping)->list:
+    "(a') Gradient norms, present only on the steps the module measured them: non-finite, or above the limit."
     norms = {k: v for k, v in values.items() if k.startswith(self.grad_norm_prefix)}
+    found, hint = [], ". Enable gradient clipping (Optimizers.gradient_clip_val) or lower the learning rates"
     bad = {k: v for k, v in norms.items() if not math.isfinite(v)}
     if bad:
         found.append(("nonfinite_gradients", f"non-finite gradient norm at generator step {step}: "
-                      + ", ".join(f"{k}={v}" for k, v in sorted(bad.items()))
-                      + ". Enable gradient clipping (Optimizers.gradient_clip_val) or lower the learning rates"))
+                      + ", ".join(f"{k}={v}" for k, v in sorted(bad.items())) + hint))
     big = {k: v for k, v in norms.items() if self.grad_norm_limit is not None and math.isfinite(v) and v > self.grad_norm_limit}
     if big:
         found.append(("exploding_gradients", f"gradient norm above {_fmt(self.grad_norm_limit)} at generator step {step}: "
-                      + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(big.items()))
-                      + ". Enable gradient clipping (Optimizers.gradient_clip_val) or lower the learning rates"))
-    # (b) a discriminator that wins completely
+                      + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(big.items())) + hint))
+    return found
+
+@patch_to(TrainingHealth)
+def _check_discriminator(self, step:int, values:Mapping, elapsed:int, real_label:float, check_d:bool)->list:
+    "(b) A discriminator that wins completely for `d_win_steps` steps, reported once per streak."
     r, f = values.get(self.d_real_key), values.get(self.d_fake_key)
-    if self.d_win_steps and check_d and r is not None and f is not None:
-        thr = self.d_real_threshold * real_label
-        if r > thr and f < self.d_fake_threshold: self.d_win_streak += elapsed
-        else: self.d_win_streak, self._d_win_reported = 0, False
-        if self.d_win_streak >= self.d_win_steps and not self._d_win_reported:
-            self._d_win_reported = True
-            found.append(("discriminator_wins",
-                          f"the discriminator wins completely: D(real)={_fmt(r)} > {_fmt(thr)} and D(fake)={_fmt(f)} < "
-                          f"{_fmt(self.d_fake_threshold)} for {self.d_win_streak} consecutive generator steps (up to step "
-                          f"{step}); the generator gets little useful adversarial signal. Lower the discriminator's "
-                          f"learning rate, update it less often (Training.d_update_interval) or regularise it "
-                          f"(Training.Losses.r1_gamma, Discriminator.use_spectral_norm)"))
-    # (c) a stalled generator
+    if not (self.d_win_steps and check_d and r is not None and f is not None): return []
+    thr = self.d_real_threshold * real_label
+    if r > thr and f < self.d_fake_threshold: self.d_win_streak += elapsed
+    else: self.d_win_streak, self._d_win_reported = 0, False
+    if self.d_win_streak < self.d_win_steps or self._d_win_reported: return []
+    self._d_win_reported = True
+    return [("discriminator_wins",
+             f"the discriminator wins completely: D(real)={_fmt(r)} > {_fmt(thr)} and D(fake)={_fmt(f)} < "
+             f"{_fmt(self.d_fake_threshold)} for {self.d_win_streak} consecutive generator steps (up to step "
+             f"{step}); the generator gets little useful adversarial signal. Lower the discriminator's "
+             f"learning rate, update it less often (Training.d_update_interval) or regularise it "
+             f"(Training.Losses.r1_gamma, Discriminator.use_spectral_norm)")]
+
+# %% ../nbs/09a_health.ipynb #6c3775de
+@patch_to(TrainingHealth)
+def _check_stall(self, step:int, values:Mapping, elapsed:int)->list:
+    "(c) A stalled generator: a window's mean of `stall_monitor` improved by less than `stall_tolerance` on the one before."
     v, st = values.get(self.stall_monitor), self._stall
-    if self.stall_window and v is not None and math.isfinite(v):
-        phase = values.get(self.phase_key)
-        if phase != st["phase"]: st.update(sum=0.0, count=0, start=None, prev=None, phase=phase)
-        if st["start"] is None: st["start"] = step - elapsed
-        st["sum"] += v; st["count"] += 1
-        if step - st["start"] >= self.stall_window:
-            mean, prev = st["sum"] / st["count"], st["prev"]
-            if prev is not None:
-                gain = (prev - mean) / max(abs(prev), 1e-12)
-                if gain < self.stall_tolerance:
-                    found.append(("generator_stalled",
-                                  f"{self.stall_monitor} has stalled: its mean over generator steps {st['start'] + 1}-{step} "
-                                  f"is {_fmt(mean)} against {_fmt(prev)} over the {self.stall_window} steps before, a relative "
-                                  f"decrease of {gain:.3%} (tolerance {self.stall_tolerance:.3%})"))
-            st.update(sum=0.0, count=0, start=step, prev=mean)
+    if not (self.stall_window and v is not None and math.isfinite(v)): return []
+    phase = values.get(self.phase_key)
+    if phase != st["phase"]: st.update(sum=0.0, count=0, start=None, prev=None, phase=phase)
+    if st["start"] is None: st["start"] = step - elapsed
+    st["sum"] += v; st["count"] += 1
+    if step - st["start"] < self.stall_window: return []
+    mean, prev, found = st["sum"] / st["count"], st["prev"], []
+    if prev is not None:
+        gain = (prev - mean) / max(abs(prev), 1e-12)
+        if gain < self.stall_tolerance:
+            found.append(("generator_stalled",
+                          f"{self.stall_monitor} has stalled: its mean over generator steps {st['start'] + 1}-{step} "
+                          f"is {_fmt(mean)} against {_fmt(prev)} over the {self.stall_window} steps before, a relative "
+                          f"decrease of {gain:.3%} (tolerance {self.stall_tolerance:.3%})"))
+    st.update(sum=0.0, count=0, start=step, prev=mean)
     return found
 
 # %% ../nbs/09a_health.ipynb #8e9ffd3b
@@ -199,6 +214,7 @@ def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
 def setup(self, trainer, pl_module, stage:str):
     if stage == "fit": self.blocks_checkpoints = False  # a new fit (or a resumed one) may save again
 
+# %% ../nbs/09a_health.ipynb #901fb366
 @patch_to(TrainingHealth)
 def _report(self, trainer, kind:str, message:str, step:int, row:int):
     self.events.append({"kind": kind, "step": step, "message": message})

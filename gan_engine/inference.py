@@ -22,7 +22,7 @@ from .data import resolve_value_range
 from .data import DataError, IMAGE_EXTENSIONS, list_images, probe_image, read_image
 from .normalise import build_normalisers
 from .generators import build_generator
-from .checkpoint import CheckpointError, EMA_KEY, ema_state, load_state_file, read_checkpoint
+from .checkpoint import CheckpointError, EMA_KEY, ema_state, load_state_file, read_checkpoint, state_part
 
 # %% auto #0
 __all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'Predictor', 'load_predictor', 'output_format', 'write_image',
@@ -79,6 +79,7 @@ def _check_tiling(scale, tile, overlap, margin, batch_size)->int:
     _check_int("batch_size", batch_size, 1)
     return int(margin)
 
+# %% ../nbs/13_inference.ipynb #f8aaf2fd
 def predict_tiled(fn:Callable[[torch.Tensor], torch.Tensor], # maps (N,C,h,w) to (N,C',h*scale,w*scale)
                   lr:torch.Tensor, # the input image (C,H,W) or batch (B,C,H,W)
                   scale:int, # output size / input size
@@ -310,6 +311,41 @@ def _generator_hint(cfg:Config)->str:
     return (f" (Generator.model_type={g.model_type!r}, block_type={g.block_type!r}, n_channels={g.n_channels}, "
             f"n_blocks={g.n_blocks}, Model.in_bands={cfg.Model.in_bands}, scaling_factor={g.scaling_factor})")
 
+# %% ../nbs/13_inference.ipynb #c4fbf05f
+def _weights_and_config(state, path:Path, raw:bool, config, value_range, trust_imports:bool):
+    "What a file offers for prediction: (generator weights, normaliser statistics, config source, value range, trusted, which weights)."
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"Expected '{path}' to hold a checkpoint dict but got {_describe(state)}")
+    if "state_dict" not in state:
+        if not _is_state_dict(state):
+            raise CheckpointError(f"Expected '{path}' to be a gan_engine checkpoint (with 'state_dict' and "
+                                  f"'hyper_parameters') or a generator state_dict but got {_describe(state)}")
+        if config is None:
+            raise CheckpointError(f"'{path}' holds a plain state_dict (generator weights, no config): pass the run's "
+                                  f"`config` (its config.yaml) and, unless the config sets Data.value_range, `value_range`")
+        return state, None, config, value_range, True, path.name
+    hp = state.get("hyper_parameters")
+    if not isinstance(hp, Mapping):
+        raise CheckpointError(f"Expected '{path}' to be a gan_engine checkpoint (written by GANModule) but it has no "
+                              f"'hyper_parameters' entry (it has {_describe(state)})")
+    if "config" not in hp and config is None:
+        raise CheckpointError(f"Expected '{path}' to be a gan_engine checkpoint (written by GANModule) but its "
+                              f"'hyper_parameters' have no 'config' entry (they have {_describe(hp)})")
+    gen_sd, weights = state_part(state, "generator"), "raw"
+    if not gen_sd:
+        raise CheckpointError(f"Expected '{path}' to be a gan_engine checkpoint but its 'state_dict' has no "
+                              f"'generator.*' entries (it has {_describe({k.split('.')[0] for k in state['state_dict']})})")
+    if not raw:
+        ema = ema_state(state)
+        if ema is None:
+            why = ("Training.EMA.enabled was false" if not hp.get("config", {}).get("Training", {})
+                   .get("EMA", {}).get("enabled", True) else f"no '{EMA_KEY}' entry")
+            warnings.warn(f"'{path}' has no EMA generator weights ({why}): using the training weights", UserWarning,
+                          stacklevel=3)
+        else: gen_sd, weights = ema, "ema"
+    return (gen_sd, state_part(state, "normalisers") or {}, config if config is not None else hp["config"],
+            value_range if value_range is not None else hp.get("value_range"), config is not None or trust_imports, weights)
+
 # %% ../nbs/13_inference.ipynb #a27dbcfa
 def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generator weights file (.generator[_ema].pt / .safetensors)
                    raw:bool=False, # use the training weights instead of the EMA weights (checkpoints only)
@@ -323,44 +359,7 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
     "A `Predictor` from a checkpoint (EMA weights by default) or a generator weights file plus its config."
     path = Path(ckpt).expanduser()
     state = load_state_file(path, map_location) if path.suffix == ".safetensors" else read_checkpoint(path, map_location)
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"Expected '{path}' to hold a checkpoint dict but got {_describe(state)}")
-    from_ckpt = "state_dict" in state
-    norm_sd = None
-    if from_ckpt:
-        hp = state.get("hyper_parameters")
-        if not isinstance(hp, Mapping):
-            raise CheckpointError(f"Expected '{path}' to be a gan_engine checkpoint (written by GANModule) but it has no "
-                                  f"'hyper_parameters' entry (it has {_describe(state)})")
-        if "config" not in hp and config is None:
-            raise CheckpointError(f"Expected '{path}' to be a gan_engine checkpoint (written by GANModule) but its "
-                                  f"'hyper_parameters' have no 'config' entry (they have {_describe(hp)})")
-        sd = state["state_dict"]
-        gen_sd = {k[len("generator."):]: v for k, v in sd.items() if k.startswith("generator.")}
-        if not gen_sd:
-            raise CheckpointError(f"Expected '{path}' to be a gan_engine checkpoint but its 'state_dict' has no "
-                                  f"'generator.*' entries (it has {_describe({k.split('.')[0] for k in sd})})")
-        norm_sd = {k[len("normalisers."):]: v for k, v in sd.items() if k.startswith("normalisers.")}
-        weights = "raw"
-        if not raw:
-            ema = ema_state(state)
-            if ema is None:
-                why = ("Training.EMA.enabled was false" if not hp.get("config", {}).get("Training", {})
-                       .get("EMA", {}).get("enabled", True) else f"no '{EMA_KEY}' entry")
-                warnings.warn(f"'{path}' has no EMA generator weights ({why}): using the training weights", UserWarning,
-                              stacklevel=2)
-            else: gen_sd, weights = ema, "ema"
-        cfg_src = config if config is not None else hp["config"]
-        vr = value_range if value_range is not None else hp.get("value_range")
-        trusted = config is not None or trust_imports
-    elif _is_state_dict(state):
-        if config is None:
-            raise CheckpointError(f"'{path}' holds a plain state_dict (generator weights, no config): pass the run's "
-                                  f"`config` (its config.yaml) and, unless the config sets Data.value_range, `value_range`")
-        gen_sd, cfg_src, vr, trusted, weights = state, config, value_range, True, path.name
-    else:
-        raise CheckpointError(f"Expected '{path}' to be a gan_engine checkpoint (with 'state_dict' and "
-                              f"'hyper_parameters') or a generator state_dict but got {_describe(state)}")
+    gen_sd, norm_sd, cfg_src, vr, trusted, weights = _weights_and_config(state, path, raw, config, value_range, trust_imports)
     try: cfg = cfg_src if isinstance(cfg_src, Config) else load_config(cfg_src)
     except ConfigError as e:
         if config is not None: raise
@@ -373,7 +372,7 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
                               f"Model.task {cfg.Model.task!r}")
     vr = resolve_value_range(cfg, vr, read_files=False)  # given, or stored in the checkpoint, or the config's
     with torch.random.fork_rng(devices=[]): generator = build_generator(cfg)   # random init leaves the caller's RNG alone
-    _load_strict(generator, gen_sd, f"{weights} generator weights" if from_ckpt else "generator weights", path,
+    _load_strict(generator, gen_sd, f"{weights} generator weights" if norm_sd is not None else "generator weights", path,
                  _generator_hint(cfg))
     try: normalisers = dict(build_normalisers(cfg, vr, state=norm_sd))
     except ConfigError as e:

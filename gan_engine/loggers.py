@@ -6,7 +6,7 @@ Docs: https://gan-engine.github.io/gan_engine/loggers.html.md"""
 
 # %% ../nbs/10_loggers.ipynb #255e3cde
 from __future__ import annotations
-import os, threading, time
+import os, threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
-from PIL import Image
+from fastcore.basics import patch_to
 
 from .render import to_pil
 
@@ -70,34 +70,38 @@ class DataFrameLogger(Logger):
             self._rows.setdefault(step, {}).update(vals)
         if self._last_flush is None or step - self._last_flush >= self.flush_every_n_steps: self.save(); self._last_flush = step
 
-    @property
-    def df(self)->pd.DataFrame:
-        "Metric history: one row per step, one column per metric (NaN where not logged)."
-        with self._lock: rows = {s: dict(r) for s, r in self._rows.items()}
-        df = pd.DataFrame.from_dict(rows, orient="index").sort_index()
-        df.index.name = "step"
-        return df
+# %% ../nbs/10_loggers.ipynb #c1b8a207
+@patch_to(DataFrameLogger, as_prop=True)
+def df(self)->pd.DataFrame:
+    "Metric history: one row per step, one column per metric (NaN where not logged)."
+    with self._lock: rows = {s: dict(r) for s, r in self._rows.items()}
+    df = pd.DataFrame.from_dict(rows, orient="index").sort_index()
+    df.index.name = "step"
+    return df
 
-    @rank_zero_only
-    def save(self):
-        "Write metrics.csv (atomically)."
-        self._save_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.metrics_path.with_suffix(".csv.tmp")
-        self.df.to_csv(tmp)
-        os.replace(tmp, self.metrics_path)
+@patch_to(DataFrameLogger)
+@rank_zero_only
+def save(self):
+    "Write metrics.csv (atomically)."
+    self._save_dir.mkdir(parents=True, exist_ok=True)
+    tmp = self.metrics_path.with_suffix(".csv.tmp")
+    self.df.to_csv(tmp)
+    os.replace(tmp, self.metrics_path)
 
-    @rank_zero_only
-    def finalize(self, status:str): self.save()
+@patch_to(DataFrameLogger)
+@rank_zero_only
+def finalize(self, status:str): self.save()
 
-    @rank_zero_only
-    def log_image(self, key:str, images:Sequence, step:int|None=None, **kwargs):
-        "Save each image (H,W,3 uint8 array, tensor or PIL image) as a PNG under images/<key>/."
-        folder = self._save_dir / "images" / key.replace("/", "_")
-        folder.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(images):
-            path = folder / (f"step_{step if step is not None else 0:07d}" + (f"_{i}" if len(images) > 1 else "") + ".png")
-            to_pil(img).save(path)
-            self.images.append({"key": key, "step": step, "path": str(path)})
+@patch_to(DataFrameLogger)
+@rank_zero_only
+def log_image(self, key:str, images:Sequence, step:int|None=None, **kwargs):
+    "Save each image (H,W,3 uint8 array, tensor or PIL image) as a PNG under images/<key>/."
+    folder = self._save_dir / "images" / key.replace("/", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        path = folder / (f"step_{step if step is not None else 0:07d}" + (f"_{i}" if len(images) > 1 else "") + ".png")
+        to_pil(img).save(path)
+        self.images.append({"key": key, "step": step, "path": str(path)})
 
 # %% ../nbs/10_loggers.ipynb #518f8df8
 def log_images(loggers:Sequence[Logger], # the trainer's loggers

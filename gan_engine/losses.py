@@ -13,7 +13,7 @@ __all__ = ['MS_SSIM_BETAS', 'VGG19_BLOCKS', 'VGG19_CHANNELS', 'VGG19_LAYERS', 'I
            'GeneratorLoss', 'DiscriminatorLoss']
 
 # %% ../nbs/05_losses.ipynb #7c5bf4ea
-import math
+from fastcore.basics import patch_to
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -461,67 +461,73 @@ class GeneratorLoss(nn.Module):
                 "perceptual_bands", "perceptual_metric", "max_val", "ssim_win", "charbonnier_eps", "adv_loss_type"]
         return cls(**{k: L[k] for k in keys}, relativistic=L["relativistic_average_d"])
 
-    def _term(self, name, sr, hr, weight):
-        if name == "l1": return l1_loss(sr, hr, weight)
-        if name == "mse": return mse_loss(sr, hr, weight)
-        if name == "charbonnier": return charbonnier_loss(sr, hr, weight, self.charbonnier_eps)
-        if name == "ssim": return ssim_loss(sr, hr, weight, self.max_val, self.ssim_win)
-        if name == "ms_ssim": return ms_ssim_loss(sr, hr, self.max_val, self.ssim_win)
-        if name == "sam": return sam_loss(sr, hr, weight)
-        if name == "tv": return tv_loss(sr)
-        return self.perceptual(sr, hr)
+# %% ../nbs/05_losses.ipynb #4cc16cf3
+@patch_to(GeneratorLoss)
+def _term(self, name, sr, hr, weight):
+    if name == "l1": return l1_loss(sr, hr, weight)
+    if name == "mse": return mse_loss(sr, hr, weight)
+    if name == "charbonnier": return charbonnier_loss(sr, hr, weight, self.charbonnier_eps)
+    if name == "ssim": return ssim_loss(sr, hr, weight, self.max_val, self.ssim_win)
+    if name == "ms_ssim": return ms_ssim_loss(sr, hr, self.max_val, self.ssim_win)
+    if name == "sam": return sam_loss(sr, hr, weight)
+    if name == "tv": return tv_loss(sr)
+    return self.perceptual(sr, hr)
 
-    def reconstruction(self, sr: torch.Tensor, # generated image (B, C, H, W)
-                       hr: torch.Tensor, # target image (B, C, H, W)
-                       weight: torch.Tensor | None = None, # optional weight map / mask (B, 1, H, W) for pixel losses
-                      ) -> tuple:
-        "Weighted reconstruction + perceptual loss and its terms."
-        check_pair(sr, hr)
-        total, terms = sr.new_zeros(()), {}
-        for name in _REC_TERMS:
-            w = self.weights[name]
-            if not w: continue
-            v = self._term(name, sr, hr, weight)
-            total = total + w * v
-            terms[name], terms[f"{name}_w"] = v.detach(), (w * v).detach()
-        return total, terms
+@patch_to(GeneratorLoss)
+def reconstruction(self, sr: torch.Tensor, # generated image (B, C, H, W)
+                   hr: torch.Tensor, # target image (B, C, H, W)
+                   weight: torch.Tensor | None = None, # optional weight map / mask (B, 1, H, W) for pixel losses
+                  ) -> tuple:
+    "Weighted reconstruction + perceptual loss and its terms."
+    check_pair(sr, hr)
+    total, terms = sr.new_zeros(()), {}
+    for name in _REC_TERMS:
+        w = self.weights[name]
+        if not w: continue
+        v = self._term(name, sr, hr, weight)
+        total = total + w * v
+        terms[name], terms[f"{name}_w"] = v.detach(), (w * v).detach()
+    return total, terms
 
-    def adversarial(self, fake_logits: torch.Tensor, # D(sr)
-                    real_logits: torch.Tensor | None = None, # D(hr); needed for relativistic losses
-                    adv_weight: float = 1.0, # current adversarial weight (from `adversarial_weight`)
-                    real_feats: Sequence[torch.Tensor] | None = None, # D features of hr (feature matching)
-                    fake_feats: Sequence[torch.Tensor] | None = None, # D features of sr (feature matching)
-                    fm_weight: float | None = None, # feature-matching weight this step (`StepPlan.fm_weight_at`); None = full
-                   ) -> tuple:
-        "Weighted generator GAN loss (+ feature matching) and its terms."
-        v = self.adv.g_loss(fake_logits, real_logits)
-        total = adv_weight * v
-        terms = {"adv": v.detach(), "adv_w": total.detach()}
-        if self.feature_matching_weight:
-            if real_feats is None or fake_feats is None:
-                raise ValueError("Expected `real_feats` and `fake_feats` (discriminator features) for feature matching "
-                                 "(Training.Losses.feature_matching_weight > 0) but got None")
-            w = self.feature_matching_weight if fm_weight is None else float(fm_weight)
-            fm = feature_matching_loss(real_feats, fake_feats)
-            total = total + w * fm
-            terms["feature_matching"], terms["feature_matching_w"] = fm.detach(), (w * fm).detach()
-        return total, terms
-
-    def forward(self, sr: torch.Tensor, # generated image (B, C, H, W)
-                hr: torch.Tensor, # target image (B, C, H, W)
-                weight: torch.Tensor | None = None, # optional weight map / mask (B, 1, H, W)
-                fake_logits: torch.Tensor | None = None, # D(sr); None = reconstruction only
-                real_logits: torch.Tensor | None = None, # D(hr) for relativistic losses
-                adv_weight: float = 1.0, # current adversarial weight
-                real_feats: Sequence[torch.Tensor] | None = None, # D features of hr
-                fake_feats: Sequence[torch.Tensor] | None = None, # D features of sr
+# %% ../nbs/05_losses.ipynb #520f08b1
+@patch_to(GeneratorLoss)
+def adversarial(self, fake_logits: torch.Tensor, # D(sr)
+                real_logits: torch.Tensor | None = None, # D(hr); needed for relativistic losses
+                adv_weight: float = 1.0, # current adversarial weight (from `adversarial_weight`)
+                real_feats: Sequence[torch.Tensor] | None = None, # D features of hr (feature matching)
+                fake_feats: Sequence[torch.Tensor] | None = None, # D features of sr (feature matching)
+                fm_weight: float | None = None, # feature-matching weight this step (`StepPlan.fm_weight_at`); None = full
                ) -> tuple:
-        "Total generator loss and all active terms."
-        total, terms = self.reconstruction(sr, hr, weight)
-        if fake_logits is not None:
-            a, t = self.adversarial(fake_logits, real_logits, adv_weight, real_feats, fake_feats)
-            total = total + a; terms.update(t)
-        return total, terms
+    "Weighted generator GAN loss (+ feature matching) and its terms."
+    v = self.adv.g_loss(fake_logits, real_logits)
+    total = adv_weight * v
+    terms = {"adv": v.detach(), "adv_w": total.detach()}
+    if self.feature_matching_weight:
+        if real_feats is None or fake_feats is None:
+            raise ValueError("Expected `real_feats` and `fake_feats` (discriminator features) for feature matching "
+                             "(Training.Losses.feature_matching_weight > 0) but got None")
+        w = self.feature_matching_weight if fm_weight is None else float(fm_weight)
+        fm = feature_matching_loss(real_feats, fake_feats)
+        total = total + w * fm
+        terms["feature_matching"], terms["feature_matching_w"] = fm.detach(), (w * fm).detach()
+    return total, terms
+
+@patch_to(GeneratorLoss)
+def forward(self, sr: torch.Tensor, # generated image (B, C, H, W)
+            hr: torch.Tensor, # target image (B, C, H, W)
+            weight: torch.Tensor | None = None, # optional weight map / mask (B, 1, H, W)
+            fake_logits: torch.Tensor | None = None, # D(sr); None = reconstruction only
+            real_logits: torch.Tensor | None = None, # D(hr) for relativistic losses
+            adv_weight: float = 1.0, # current adversarial weight
+            real_feats: Sequence[torch.Tensor] | None = None, # D features of hr
+            fake_feats: Sequence[torch.Tensor] | None = None, # D features of sr
+           ) -> tuple:
+    "Total generator loss and all active terms."
+    total, terms = self.reconstruction(sr, hr, weight)
+    if fake_logits is not None:
+        a, t = self.adversarial(fake_logits, real_logits, adv_weight, real_feats, fake_feats)
+        total = total + a; terms.update(t)
+    return total, terms
 
 # %% ../nbs/05_losses.ipynb #8af79a54
 class DiscriminatorLoss(nn.Module):

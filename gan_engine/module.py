@@ -8,7 +8,6 @@ Docs: https://gan-engine.github.io/gan_engine/module.html.md"""
 from __future__ import annotations
 import warnings
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import torch
 import lightning as L
@@ -18,7 +17,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from .config import Config, ConfigError, load_config
 from .steps import StepPlan
-from .data import GANDataModule, resolve_value_range
+from .data import resolve_value_range
 from .normalise import build_normalisers
 from .generators import build_generator
 from .discriminators import build_discriminator
@@ -93,33 +92,35 @@ class GANModule(L.LightningModule):
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=(lo, hi))
         self._val_metrics_ready = True
 
-    # ---- the next generator step, as the plan sees it ----
-    @property
-    def adversarial_active(self)->bool:
-        "True when the next generator step trains against the discriminator."
-        return self.plan.adversarial_active(self.g_step)
+# %% ../nbs/08_module.ipynb #4e50d96e
+@patch_to(GANModule, as_prop=True)
+def adversarial_active(self)->bool:
+    "True when the next generator step trains against the discriminator."
+    return self.plan.adversarial_active(self.g_step)
 
-    @property
-    def adv_weight(self)->float:
-        "The adversarial loss weight of the next generator step."
-        return self.plan.adv_weight(self.g_step)
+@patch_to(GANModule, as_prop=True)
+def adv_weight(self)->float:
+    "The adversarial loss weight of the next generator step."
+    return self.plan.adv_weight(self.g_step)
 
-    @property
-    def phase(self)->str:
-        "'generator', 'pretrain', 'ramp' or 'adversarial' for the next generator step."
-        return self.plan.phase(self.g_step)
+@patch_to(GANModule, as_prop=True)
+def phase(self)->str:
+    "'generator', 'pretrain', 'ramp' or 'adversarial' for the next generator step."
+    return self.plan.phase(self.g_step)
 
-    # ---- normalisation ----
-    def normalise_batch(self, batch:dict)->dict:
-        "A copy of `batch` with `lr`, `hr` and `cond` normalised by their branch's normaliser."
-        out = dict(batch)
-        for b in ("lr", "hr", "cond"):
-            if b in batch: out[b] = self.normalisers[b](batch[b])
-        return out
+# %% ../nbs/08_module.ipynb #2360ab72
+@patch_to(GANModule)
+def normalise_batch(self, batch:dict)->dict:
+    "A copy of `batch` with `lr`, `hr` and `cond` normalised by their branch's normaliser."
+    out = dict(batch)
+    for b in ("lr", "hr", "cond"):
+        if b in batch: out[b] = self.normalisers[b](batch[b])
+    return out
 
-    def denormalise(self, x:torch.Tensor, branch:str="hr")->torch.Tensor:
-        "Back to raw units (`hr` branch by default)."
-        return self.normalisers[branch].inverse(x)
+@patch_to(GANModule)
+def denormalise(self, x:torch.Tensor, branch:str="hr")->torch.Tensor:
+    "Back to raw units (`hr` branch by default)."
+    return self.normalisers[branch].inverse(x)
 
 # %% ../nbs/08_module.ipynb #d3f7b237
 @patch_to(GANModule)
@@ -197,6 +198,7 @@ def _logged_score(self, logits:torch.Tensor)->torch.Tensor:
     logits = logits.detach().float()
     return torch.sigmoid(logits).mean() if self.cfg.Training.Losses.adv_loss_type == "bce" else logits.mean()
 
+# %% ../nbs/08_module.ipynb #515aef39
 def _add(logs:dict, terms:dict, share:float):
     "Accumulate `share` of each logged term (micro-batch averages)."
     for k, v in terms.items():
@@ -219,6 +221,7 @@ def _no_sync(self, last:bool):
     return nullcontext() if last or self.trainer.world_size <= 1 or not hasattr(s, "block_backward_sync") \
         else s.block_backward_sync()
 
+# %% ../nbs/08_module.ipynb #dacd30d8
 @patch_to(GANModule)
 def _discriminator_step(self, items:list)->dict:
     "Step 6: one discriminator update on detached generator outputs: `items` = [(fake, real, cond, share)]."
@@ -240,6 +243,7 @@ def _discriminator_step(self, items:list)->dict:
     self.d_step += 1
     return logs
 
+# %% ../nbs/08_module.ipynb #ced23938
 @patch_to(GANModule)
 def _generator_adversarial(self, sr:torch.Tensor, target:torch.Tensor, cond, step:int):
     "Step 7: adversarial and feature-matching loss with the discriminator frozen; weights from the plan."
@@ -271,6 +275,7 @@ def _generator_losses(self, normed, sr, cond, step:int, active:bool):
         loss = loss + adv; logs.update(adv_terms)
     return loss, logs
 
+# %% ../nbs/08_module.ipynb #1a77fb17
 @patch_to(GANModule)
 def training_step(self, batch:dict, batch_idx:int):
     step = self.g_step                                   # this generator step, 0-based
@@ -310,6 +315,7 @@ def training_step(self, batch:dict, batch_idx:int):
     self._log_train(step, loss, logs)                    # step 9 (the learning rates this step used)
     self._after_generator_step()
 
+# %% ../nbs/08_module.ipynb #2fcc30f4
 @patch_to(GANModule)
 def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None):
     "Automatic optimisation: the generator update, then this step's counters, schedules and EMA (before any callback)."
@@ -346,6 +352,7 @@ def _sync_ema_buffers(self):
     torch.distributed.broadcast(flat, src=0)
     for b, v in zip(bufs, flat.split([b.numel() for b in bufs])): b.copy_(v.view_as(b))
 
+# %% ../nbs/08_module.ipynb #623bcb87
 @patch_to(GANModule)
 def _lr(self, i:int)->float:
     return self._optimizers()[i].param_groups[0]["lr"]
@@ -384,6 +391,7 @@ def setup(self, stage:str):
                                       "give them in the config or train with a GANDataModule")
                 dm.setup("fit"); n.fit(dm.train_dataset, key=b)
 
+# %% ../nbs/08_module.ipynb #cf8ae73e
 class ScheduleFeed(L.Callback):
     "Feeds each scheduled validation's metric to the plateau schedules, before any checkpoint of that validation is saved."
     def on_validation_end(self, trainer, pl_module):
@@ -393,6 +401,7 @@ class ScheduleFeed(L.Callback):
 def configure_callbacks(self):
     return [ScheduleFeed(), *([EMACallback()] if self.ema is not None else [])]
 
+# %% ../nbs/08_module.ipynb #8f698378
 @patch_to(GANModule)
 def validation_step(self, batch:dict, batch_idx:int):
     normed, sr, cond = self._generate(batch)
@@ -432,6 +441,7 @@ def on_validation_epoch_end(self):
     log_images(self.loggers, "val/panels", grid, self.g_step, caption=" | ".join(self.val_panels))
     self._last_image_step = self.g_step
 
+# %% ../nbs/08_module.ipynb #fbe33c32
 def _scheduled_validation(trainer)->bool:
     "False for the extra validation Lightning runs when training is asked to stop (it would not have run otherwise)."
     loop, fetcher = trainer.fit_loop.epoch_loop, getattr(trainer.fit_loop, "_data_fetcher", None)
@@ -455,6 +465,7 @@ def _feed_plateau(self):
                               f"{sorted(self.trainer.callback_metrics)}")
         sched.observe(self.trainer.callback_metrics[key].item())
 
+# %% ../nbs/08_module.ipynb #a5032e4d
 @patch_to(GANModule)
 def forward(self, lr:torch.Tensor, # raw LR images (B,C,h,w), in data units
             cond:torch.Tensor|None=None, # optional conditioning embedding (B,E), raw

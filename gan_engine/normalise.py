@@ -10,7 +10,7 @@ __all__ = ['NORMALISERS', 'Normaliser', 'Identity', 'ScaleOffset', 'MinMax', 'ZS
 
 # %% ../nbs/02_normalise.ipynb #916bfa30
 import inspect
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ def _bands_first(t: torch.Tensor) -> torch.Tensor:
     "(B,C,H,W) -> (C, B*H*W)."
     return t.transpose(0, 1).reshape(t.shape[1], -1)
 
+# %% ../nbs/02_normalise.ipynb #6d82c948
 class Normaliser(nn.Module):
     "Base class: `forward` normalises, `inverse` is its exact inverse; statistics are buffers."
     name = "normaliser"
@@ -178,6 +179,7 @@ class MinMax(_RangeMap):
         self.lower, self.upper = lo.float(), hi.float()
         return self
 
+# %% ../nbs/02_normalise.ipynb #c1fb3807
 class ZScore(Normaliser):
     "Per-band standardisation (x - mean) / std; statistics given or learnt with `fit`."
     name = "zscore"
@@ -225,6 +227,7 @@ class ZScore(Normaliser):
 
     def extra_repr(self): return f"mean={self.mean.tolist()}, std={self.std.tolist()}"
 
+# %% ../nbs/02_normalise.ipynb #b82072d1
 class PercentileClip(_RangeMap):
     "Clip each band to its [low, high] percentiles and map that range to [0,1] (or [-1,1])."
     name = "percentile"

@@ -11,6 +11,7 @@ import math
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LRScheduler
+from fastcore.basics import patch_to
 
 from .steps import StepPlan
 
@@ -89,36 +90,43 @@ class WarmupDecayLR(LRScheduler):
         f = self.factor_at(self.last_epoch)
         return [base * f for base in self.base_lrs]
 
-    def _apply(self):
-        for g, lr in zip(self.optimizer.param_groups, self.get_lr()): g["lr"] = lr
-        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+# %% ../nbs/07a_optim.ipynb #25d3deda
+@patch_to(WarmupDecayLR)
+def _apply(self):
+    for g, lr in zip(self.optimizer.param_groups, self.get_lr()): g["lr"] = lr
+    self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
-    def go_to(self, step:int):
-        "Put the schedule at generator step `step` (e.g. a discriminator that joins a resumed run)."
-        self.last_epoch = int(step); self._apply()
+@patch_to(WarmupDecayLR)
+def go_to(self, step:int):
+    "Put the schedule at generator step `step` (e.g. a discriminator that joins a resumed run)."
+    self.last_epoch = int(step); self._apply()
 
-    def observe(self, value:float)->bool:
-        "Feed a validation metric (plateau decay); returns True when the LR was reduced."
-        if self.decay != "plateau" or self.last_epoch - self.origin < self.warmup_steps: return False
-        value = float(value)
-        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
-        if better: self.best, self.bad_validations = value, 0; return False
-        self.bad_validations += 1
-        if self.bad_validations <= self.patience: return False
-        self.plateau_scale *= self.factor
-        self.bad_validations = 0
-        self._apply()
-        return True
+@patch_to(WarmupDecayLR)
+def observe(self, value:float)->bool:
+    "Feed a validation metric (plateau decay); returns True when the LR was reduced."
+    if self.decay != "plateau" or self.last_epoch - self.origin < self.warmup_steps: return False
+    value = float(value)
+    better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+    if better: self.best, self.bad_validations = value, 0; return False
+    self.bad_validations += 1
+    if self.bad_validations <= self.patience: return False
+    self.plateau_scale *= self.factor
+    self.bad_validations = 0
+    self._apply()
+    return True
 
-    def state_dict(self)->dict:
-        "Position and plateau state (settings come from the config the schedule is built with)."
-        return {k: getattr(self, k) for k in _STATE}
+# %% ../nbs/07a_optim.ipynb #5334057e
+@patch_to(WarmupDecayLR)
+def state_dict(self)->dict:
+    "Position and plateau state (settings come from the config the schedule is built with)."
+    return {k: getattr(self, k) for k in _STATE}
 
-    def load_state_dict(self, state_dict:dict):
-        "Restore the position and plateau state, then set the learning rates for that step from this schedule's settings."
-        for k in _STATE:
-            if k in state_dict: setattr(self, k, state_dict[k])
-        self._apply()
+@patch_to(WarmupDecayLR)
+def load_state_dict(self, state_dict:dict):
+    "Restore the position and plateau state, then set the learning rates for that step from this schedule's settings."
+    for k in _STATE:
+        if k in state_dict: setattr(self, k, state_dict[k])
+    self._apply()
 
 # %% ../nbs/07a_optim.ipynb #12943cb6
 def optimizer_from_config(net:nn.Module, cfg, which:str)->torch.optim.Optimizer:

@@ -8,7 +8,7 @@ Docs: https://gan-engine.github.io/gan_engine/registry.html.md"""
 from __future__ import annotations
 import difflib, importlib, sys
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from fastcore.basics import patch_to
 
 # %% auto #0
 __all__ = ['PROVIDERS', 'ConfigError', 'ConfigWarning', 'did_you_mean', 'public_name', 'is_import_path', 'import_object',
@@ -66,6 +66,7 @@ PROVIDERS = {  # the module that registers the built-ins of each kind of compone
     "generator": "gan_engine.generators", "discriminator": "gan_engine.discriminators",
     "normaliser": "gan_engine.normalise", "task": "gan_engine.tasks",
     "extra validation callback": "gan_engine.callbacks"}
+
 _REGISTRIES: dict = {}   # kind -> Registry, filled as registries are made
 
 class Registry:
@@ -99,32 +100,37 @@ class Registry:
             return o
         return deco(obj) if obj is not None else deco
 
-    def names(self)->list[str]:
-        "Registered names, built-ins included."
-        self._load()
-        return sorted(self._items)
+# %% ../nbs/00_registry.ipynb #3f446b3f
+@patch_to(Registry)
+def names(self)->list[str]:
+    "Registered names, built-ins included."
+    self._load()
+    return sorted(self._items)
 
-    def __contains__(self, name): return str(name).lower() in self.names()
+@patch_to(Registry)
+def __contains__(self, name): return str(name).lower() in self.names()
 
-    def build(self, name:str, *args, expected:type|None=None):
-        "Call the factory for `name` with `args`, checking the result is an `expected` instance."
-        obj = self.get(name)(*args)
-        if expected is not None and not isinstance(obj, expected):
-            raise TypeError(f"Expected the {self.kind} builder for {name!r} to return a "
-                            f"{public_name(expected)} but got {type(obj).__name__}")
-        return obj
+@patch_to(Registry)
+def build(self, name:str, *args, expected:type|None=None):
+    "Call the factory for `name` with `args`, checking the result is an `expected` instance."
+    obj = self.get(name)(*args)
+    if expected is not None and not isinstance(obj, expected):
+        raise TypeError(f"Expected the {self.kind} builder for {name!r} to return a "
+                        f"{public_name(expected)} but got {type(obj).__name__}")
+    return obj
 
-    def get(self, name:str)->Callable:
-        "The factory for `name`, or the object at import path `pkg.mod:attr`."
-        if is_import_path(name): return import_object(name, self.key)
-        names = self.names()
-        if str(name).lower() not in self._items:
-            raise ConfigError(f"{self.key}: unknown {self.kind} {name!r}{did_you_mean(name, names)}; "
-                              f"expected one of {names} or an import path 'package.module:Name'")
-        return self._items[str(name).lower()]
+@patch_to(Registry)
+def get(self, name:str)->Callable:
+    "The factory for `name`, or the object at import path `pkg.mod:attr`."
+    if is_import_path(name): return import_object(name, self.key)
+    names = self.names()
+    if str(name).lower() not in self._items:
+        raise ConfigError(f"{self.key}: unknown {self.kind} {name!r}{did_you_mean(name, names)}; "
+                          f"expected one of {names} or an import path 'package.module:Name'")
+    return self._items[str(name).lower()]
 
-    def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names())})"
-
+@patch_to(Registry)
+def __repr__(self): return f"Registry({self.kind!r}: {', '.join(self.names())})"
 
 # %% ../nbs/00_registry.ipynb #34c4497b
 def registry_for(kind:str)->Registry:

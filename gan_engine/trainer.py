@@ -18,7 +18,8 @@ import torch
 
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from .config import SPEC_KEYS, Config, ConfigError, ConfigWarning, import_object, is_class_spec
+from .config import SPEC_KEYS, Config, ConfigError, ConfigWarning, is_class_spec
+from .registry import import_object
 from .config import load_config, save_config
 from .steps import StepPlan
 from .data import GANDataModule, check_paths
@@ -192,6 +193,7 @@ class Run:
         if isinstance(lg, DataFrameLogger): return lg.df
         return pd.DataFrame([{k: float(v) for k, v in self.trainer.callback_metrics.items()}])
 
+# %% ../nbs/11_trainer.ipynb #bf8a995c
 def _weights_file(path:str|Path):
     "A checkpoint dict, or a plain state_dict from a .pt / .safetensors weights file."
     p = Path(path)
@@ -227,6 +229,7 @@ def load_discriminator_weights(module:GANModule, path:str|Path):
                           f"{str(e).strip().splitlines()[-1].strip()}") from None
     module.discriminator_source = str(path)
 
+# %% ../nbs/11_trainer.ipynb #69b9a679
 def prepare(config:Config|dict|str|None=None, # config, dict or YAML path (None = defaults)
             overrides:Sequence[str]=(), # dotted KEY=VALUE overrides
             resume:str|Path|None=None, # checkpoint to continue from (default Model.continue_training)
@@ -294,6 +297,7 @@ class StopOnRequest(L.Callback):
             write_weight_files(read_checkpoint(path), path, weights_format=ck.weights_format if ck else "pt")
         self.saved = path
 
+# %% ../nbs/11_trainer.ipynb #7ae0a518
 class BackgroundRun:
     "A `Run` training in a background thread: live metrics, `stop()`, `wait()`, errors kept."
     def __init__(self, run:Run, stopper:StopOnRequest):

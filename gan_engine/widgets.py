@@ -6,11 +6,12 @@ Docs: https://gan-engine.github.io/gan_engine/widgets.html.md"""
 
 # %% ../nbs/12_widgets.ipynb #bab66b7c
 from __future__ import annotations
-import html, threading, traceback
+import atexit, html, threading, traceback, weakref
 from typing import Sequence
 
 import numpy as np
 import ipywidgets as W
+from fastcore.basics import patch_to
 
 from .capture import Capture, SampleCapture, find_capture
 from .render import bands_to_rgb, crop_region, error_rgb, loss_plot_png, overlay_mask, stretch_limits, to_png
@@ -40,181 +41,209 @@ class Inspector:
         self._hold = False
         self._configured = False
         self.renders = 0
-        lay = W.Layout(width="auto")
-        self.sample = W.Dropdown(description="sample", options=[("–", 0)], layout=W.Layout(width="190px"))
-        self.step = W.IntSlider(description="step", min=0, max=0, value=0, readout=False, layout=W.Layout(width="320px"))
-        self.step_label = W.Label()
-        self.weights = W.ToggleButtons(options=["EMA", "raw"], value="EMA", style={"button_width": "60px"},
-                                       tooltips=["generator EMA weights", "live (raw) generator weights"])
-        self.rgb = [W.Dropdown(description=c, options=[("0", 0)], layout=W.Layout(width="130px"), style={"description_width": "14px"})
-                    for c in "RGB"]
-        self.stretch = W.ToggleButtons(options=["range", "percentile"], value="range", style={"button_width": "80px"},
-                                       tooltips=["a part of the value range", "percentiles of the HR crop"])
-        self.limits = W.FloatRangeSlider(description="range", min=0.0, max=1.0, value=(0.0, 1.0), step=0.001,
-                                         layout=W.Layout(width="320px"))
-        self.percentiles = W.FloatRangeSlider(description="percentiles", min=0.0, max=100.0, value=(2.0, 98.0), step=0.5,
-                                              layout=W.Layout(width="320px", display="none"))
-        self.zoom = W.IntSlider(description="zoom size", min=1, max=1, value=1, layout=W.Layout(width="260px"))
-        self.x = W.IntSlider(description="x", min=0, max=0, value=0, layout=W.Layout(width="220px"))
-        self.y = W.IntSlider(description="y", min=0, max=0, value=0, layout=W.Layout(width="220px"))
-        self.error_max = W.FloatLogSlider(description="error max", value=error_scale, base=10, min=-3, max=0, step=0.1,
-                                          readout_format=".3f", layout=W.Layout(width="300px"),
-                                          tooltip="error map full scale, as a share of the value range")
-        self.images = {k: W.Image(format="png", layout=W.Layout(width=f"{display_size}px", height=f"{display_size}px",
-                                                                object_fit="contain"))
-                       for k in _PANELS}
-        for k, im in self.images.items(): im.add_class(f"gan-engine-{k}")   # CSS hooks (the browser test finds them)
-        self.step.add_class("gan-engine-step"); self.step_label.add_class("gan-engine-step-label")
-        self.titles = {k: W.HTML(f"<b>{t}</b>") for k, t in _PANELS.items()}
-        self._boxes = {k: W.VBox([self.titles[k], self.images[k]], layout=W.Layout(margin="0 6px 0 0"))
-                       for k in _PANELS}
-        self.panels = W.HBox([])
-        self.metrics = W.HTML()
-        self.prompt = W.HTML(layout=W.Layout(display="none"))
-        self.message = W.HTML()
-        for w in (self.sample, self.step, self.weights, *self.rgb, self.stretch, self.limits, self.percentiles,
-                  self.zoom, self.x, self.y, self.error_max):
-            w.observe(self._changed, names="value")
-        label = lambda t: W.Label(t, layout=W.Layout(margin="0 4px 0 16px"))
-        controls = W.VBox([W.HBox([self.sample, self.step, self.step_label, label("weights"), self.weights]),
-                           W.HBox([*self.rgb, label("stretch"), self.stretch, self.limits, self.percentiles]),
-                           W.HBox([self.zoom, self.x, self.y, self.error_max])])
-        self.widget = W.VBox([self.message, controls, W.HBox([self.panels, self.metrics]), self.prompt],
-                             layout=lay)
-        self.widget.add_class("gan-engine-inspector")
+        self._build_controls(error_scale)
+        self._build_panels(display_size)
+        self._assemble()
         self.png: dict[str, bytes] = {}
         self.refresh()
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
 
-    # ---- state ----
-    @property
-    def entry(self)->Capture|None:
-        "The captured entry shown now."
-        return self._entries[self.step.value] if self._entries else None
-    @property
-    def bands(self)->tuple[int, int, int]: return tuple(d.value for d in self.rgb)
-    @property
-    def region(self)->tuple[int, int, int]: return (self.x.value, self.y.value, self.zoom.value)
-    @property
-    def raw(self)->bool: return self.weights.value == "raw"
-    @property
-    def visible_panels(self)->list[str]:
-        "Names of the image panels shown now."
-        inv = {id(b): k for k, b in self._boxes.items()}
-        return [inv[id(b)] for b in self.panels.children]
-    @property
-    def state(self)->dict:
-        "What is shown: the controls' values and the entry's step."
+
+# %% ../nbs/12_widgets.ipynb #1fe29efb
+@patch_to(Inspector)
+def _build_controls(self, error_scale:float):
+    "The sample/step/weights selectors, band mapping, stretch, zoom and error-scale controls."
+    self.sample = W.Dropdown(description="sample", options=[("–", 0)], layout=W.Layout(width="190px"))
+    self.step = W.IntSlider(description="step", min=0, max=0, value=0, readout=False, layout=W.Layout(width="320px"))
+    self.step_label = W.Label()
+    self.weights = W.ToggleButtons(options=["EMA", "raw"], value="EMA", style={"button_width": "60px"},
+                                   tooltips=["generator EMA weights", "live (raw) generator weights"])
+    self.rgb = [W.Dropdown(description=c, options=[("0", 0)], layout=W.Layout(width="130px"), style={"description_width": "14px"})
+                for c in "RGB"]
+    self.stretch = W.ToggleButtons(options=["range", "percentile"], value="range", style={"button_width": "80px"},
+                                   tooltips=["a part of the value range", "percentiles of the HR crop"])
+    self.limits = W.FloatRangeSlider(description="range", min=0.0, max=1.0, value=(0.0, 1.0), step=0.001,
+                                     layout=W.Layout(width="320px"))
+    self.percentiles = W.FloatRangeSlider(description="percentiles", min=0.0, max=100.0, value=(2.0, 98.0), step=0.5,
+                                          layout=W.Layout(width="320px", display="none"))
+    self.zoom = W.IntSlider(description="zoom size", min=1, max=1, value=1, layout=W.Layout(width="260px"))
+    self.x = W.IntSlider(description="x", min=0, max=0, value=0, layout=W.Layout(width="220px"))
+    self.y = W.IntSlider(description="y", min=0, max=0, value=0, layout=W.Layout(width="220px"))
+    self.error_max = W.FloatLogSlider(description="error max", value=error_scale, base=10, min=-3, max=0, step=0.1,
+                                      readout_format=".3f", layout=W.Layout(width="300px"),
+                                      tooltip="error map full scale, as a share of the value range")
+    self.step.add_class("gan-engine-step"); self.step_label.add_class("gan-engine-step-label")
+    for w in (self.sample, self.step, self.weights, *self.rgb, self.stretch, self.limits, self.percentiles,
+              self.zoom, self.x, self.y, self.error_max):
+        w.observe(self._changed, names="value")
+
+@patch_to(Inspector)
+def _build_panels(self, display_size:int):
+    "One titled image per panel kind; `panels` shows those the samples have."
+    self.images = {k: W.Image(format="png", layout=W.Layout(width=f"{display_size}px", height=f"{display_size}px",
+                                                            object_fit="contain"))
+                   for k in _PANELS}
+    for k, im in self.images.items(): im.add_class(f"gan-engine-{k}")   # CSS hooks (the browser test finds them)
+    self.titles = {k: W.HTML(f"<b>{t}</b>") for k, t in _PANELS.items()}
+    self._boxes = {k: W.VBox([self.titles[k], self.images[k]], layout=W.Layout(margin="0 6px 0 0"))
+                   for k in _PANELS}
+    self.panels = W.HBox([])
+    self.metrics = W.HTML()
+    self.prompt = W.HTML(layout=W.Layout(display="none"))
+    self.message = W.HTML()
+
+@patch_to(Inspector)
+def _assemble(self):
+    "Lay the controls out in three rows above the panels and metrics; the root goes in `self.widget`."
+    label = lambda t: W.Label(t, layout=W.Layout(margin="0 4px 0 16px"))
+    controls = W.VBox([W.HBox([self.sample, self.step, self.step_label, label("weights"), self.weights]),
+                       W.HBox([*self.rgb, label("stretch"), self.stretch, self.limits, self.percentiles]),
+                       W.HBox([self.zoom, self.x, self.y, self.error_max])])
+    self.widget = W.VBox([self.message, controls, W.HBox([self.panels, self.metrics]), self.prompt],
+                         layout=W.Layout(width="auto"))
+    self.widget.add_class("gan-engine-inspector")
+
+# %% ../nbs/12_widgets.ipynb #8ca3bbca
+@patch_to(Inspector, as_prop=True)
+def entry(self)->Capture|None:
+    "The captured entry shown now."
+    return self._entries[self.step.value] if self._entries else None
+
+@patch_to(Inspector, as_prop=True)
+def bands(self)->tuple[int, int, int]: return tuple(d.value for d in self.rgb)
+
+@patch_to(Inspector, as_prop=True)
+def region(self)->tuple[int, int, int]: return (self.x.value, self.y.value, self.zoom.value)
+
+@patch_to(Inspector, as_prop=True)
+def raw(self)->bool: return self.weights.value == "raw"
+
+@patch_to(Inspector, as_prop=True)
+def visible_panels(self)->list[str]:
+    "Names of the image panels shown now."
+    inv = {id(b): k for k, b in self._boxes.items()}
+    return [inv[id(b)] for b in self.panels.children]
+
+@patch_to(Inspector, as_prop=True)
+def state(self)->dict:
+    "What is shown: the controls' values and the entry's step."
+    e = self.entry
+    return {"sample": self.sample.value, "index": self.step.value, "step": e.step if e else None,
+            "n_steps": len(self._entries), "weights": self.weights.value, "bands": self.bands,
+            "stretch": self.stretch.value,
+            "limits": tuple(self.limits.value if self.stretch.value == "range" else self.percentiles.value),
+            "region": self.region, "error_max": self.error_max.value, "panels": self.visible_panels,
+            "prompt": self.prompt.layout.display != "none"}
+
+# %% ../nbs/12_widgets.ipynb #568b6891
+@patch_to(Inspector)
+def _changed(self, change):
+    if not self._hold: self.render()
+
+@patch_to(Inspector)
+def refresh(self)->int:
+    "Pick up new captures; returns how many entries are available."
+    with self._lock:
+        entries = list(self.capture.entries)
+        old_step = self.entry.step if self.entry else None
+        follow = not self._entries or self.step.value == len(self._entries) - 1
+        self._hold = True
+        try:
+            self._entries = entries
+            if entries and not self._configured: self._configure(entries[-1])
+            n = len(entries)
+            if n:
+                self.step.max = n - 1
+                if follow or old_step is None: self.step.value = n - 1
+                else: self.step.value = int(np.argmin([abs(e.step - old_step) for e in entries]))
+        finally: self._hold = False
+        self.render()
+        return len(entries)
+
+@patch_to(Inspector)
+def _configure(self, e:Capture):
+    "Set the controls' ranges from the first entry seen."
+    k, C, H, Wd = e.hr.shape
+    self.sample.options = [(f"sample {i}" + (f": {e.prompt[i][:24]}" if e.prompt else ""), i) for i in range(k)]
+    self.sample.value = 0
+    meta = (getattr(self.capture, "inputs", None) or {}).get("meta") or [{}]
+    names = list(self._band_names or (meta[0].get("band_names") if isinstance(meta[0], dict) else None) or [])
+    if len(names) != C: names = [str(i) for i in range(C)]
+    opts = [(f"{i}: {n}" if n != str(i) else n, i) for i, n in enumerate(names)]
+    bands = self._init_bands or ((0, 1, 2) if C >= 3 else (0, 0, 0))
+    if len(bands) == 1: bands = tuple(bands) * 3
+    if len(bands) != 3 or max(bands) >= C:
+        raise ValueError(f"Expected `bands` to be 1 or 3 indices below {C} but got {tuple(bands)}")
+    for d, b in zip(self.rgb, bands): d.options = opts; d.value = b
+    lo, hi = self.capture.value_range or (float(e.hr.min()), float(e.hr.max()))
+    self.limits.step = (hi - lo) / 1000 if hi > lo else 0.001
+    _bounds(self.limits, lo, hi, (lo, hi))
+    S = min(H, Wd)
+    _bounds(self.zoom, min(4, S), S, S)
+    self.weights.disabled = not e.has_raw
+    self._sync_region()
+    self._configured = True
+
+@patch_to(Inspector)
+def _sync_region(self):
+    e = self._entries[-1] if self._entries else None
+    if e is None: return
+    H, Wd = e.hr.shape[-2:]
+    s = self.zoom.value
+    self.x.max, self.y.max = max(0, Wd - s), max(0, H - s)
+
+# %% ../nbs/12_widgets.ipynb #a18f324d
+@patch_to(Inspector)
+def render(self):
+    "Draw the panels and metrics for the current controls."
+    with self._lock:
+        self.renders += 1
         e = self.entry
-        return {"sample": self.sample.value, "index": self.step.value, "step": e.step if e else None,
-                "n_steps": len(self._entries), "weights": self.weights.value, "bands": self.bands,
-                "stretch": self.stretch.value,
-                "limits": tuple(self.limits.value if self.stretch.value == "range" else self.percentiles.value),
-                "region": self.region, "error_max": self.error_max.value, "panels": self.visible_panels,
-                "prompt": self.prompt.layout.display != "none"}
-
-    def _changed(self, change):
-        if not self._hold: self.render()
-
-    # ---- history ----
-    def refresh(self)->int:
-        "Pick up new captures; returns how many entries are available."
-        with self._lock:
-            entries = list(self.capture.entries)
-            old_step = self.entry.step if self.entry else None
-            follow = not self._entries or self.step.value == len(self._entries) - 1
-            self._hold = True
-            try:
-                self._entries = entries
-                if entries and not self._configured: self._configure(entries[-1])
-                n = len(entries)
-                if n:
-                    self.step.max = n - 1
-                    if follow or old_step is None: self.step.value = n - 1
-                    else: self.step.value = int(np.argmin([abs(e.step - old_step) for e in entries]))
-            finally: self._hold = False
-            self.render()
-            return len(entries)
-
-    def _configure(self, e:Capture):
-        "Set the controls' ranges from the first entry seen."
-        k, C, H, Wd = e.hr.shape
-        self.sample.options = [(f"sample {i}" + (f": {e.prompt[i][:24]}" if e.prompt else ""), i) for i in range(k)]
-        self.sample.value = 0
-        meta = (getattr(self.capture, "inputs", None) or {}).get("meta") or [{}]
-        names = list(self._band_names or (meta[0].get("band_names") if isinstance(meta[0], dict) else None) or [])
-        if len(names) != C: names = [str(i) for i in range(C)]
-        opts = [(f"{i}: {n}" if n != str(i) else n, i) for i, n in enumerate(names)]
-        bands = self._init_bands or ((0, 1, 2) if C >= 3 else (0, 0, 0))
-        if len(bands) == 1: bands = tuple(bands) * 3
-        if len(bands) != 3 or max(bands) >= C:
-            raise ValueError(f"Expected `bands` to be 1 or 3 indices below {C} but got {tuple(bands)}")
-        for d, b in zip(self.rgb, bands): d.options = opts; d.value = b
+        if e is None:
+            self.message.value = "<i>No samples captured yet: they appear after the first capture.</i>"
+            self.panels.children = []; self.metrics.value = ""; self.prompt.layout.display = "none"
+            return
+        self.message.value = ""
+        hold, self._hold = self._hold, True
+        try: self._sync_region()
+        finally: self._hold = hold
+        self.stretch_sliders()
+        self.step_label.value = f"step {e.step} ({self.step.value + 1}/{len(self._entries)})"
+        i, raw, bands, reg = self.sample.value, self.raw and e.has_raw, list(self.bands), self.region
         lo, hi = self.capture.value_range or (float(e.hr.min()), float(e.hr.max()))
-        self.limits.step = (hi - lo) / 1000 if hi > lo else 0.001
-        _bounds(self.limits, lo, hi, (lo, hi))
-        S = min(H, Wd)
-        _bounds(self.zoom, min(4, S), S, S)
-        self.weights.disabled = not e.has_raw
-        self._sync_region()
-        self._configured = True
+        sr = e.output(raw)[i]
+        views = {"lr": crop_region(e.lr_up[i], reg), "sr": crop_region(sr, reg), "hr": crop_region(e.hr[i], reg)}
+        s_lo, s_hi = stretch_limits(views["hr"], bands, self.stretch.value,
+                                    self.limits.value if self.stretch.value == "range" else self.percentiles.value)
+        rgb = {k: bands_to_rgb(v, bands, (s_lo, s_hi)) for k, v in views.items()}
+        rgb["error"] = error_rgb((views["sr"] - views["hr"]).abs(), self.error_max.value * (hi - lo))
+        if e.mask is not None: rgb["mask"] = overlay_mask(rgb["hr"], crop_region(e.mask[i], reg))
+        self.png = {k: to_png(v, self.display_size) for k, v in rgb.items()}
+        for k, b in self.png.items(): self.images[k].value = b
+        self.titles["sr"].value = f"<b>SR ({'raw' if raw else 'EMA' if e.has_raw else 'generator'})</b>"
+        self.panels.children = [self._boxes[k] for k in _PANELS if k in self.png]
+        self.metrics.value = self._metrics_html(e, i, raw)
+        if e.prompt is not None:
+            self.prompt.value = f"<b>prompt:</b> {html.escape(str(e.prompt[i]))}"
+            self.prompt.layout.display = None
+        else: self.prompt.value, self.prompt.layout.display = "", "none"
 
-    def _sync_region(self):
-        e = self._entries[-1] if self._entries else None
-        if e is None: return
-        H, Wd = e.hr.shape[-2:]
-        s = self.zoom.value
-        self.x.max, self.y.max = max(0, Wd - s), max(0, H - s)
+@patch_to(Inspector)
+def stretch_sliders(self):
+    "Show the slider of the chosen stretch mode."
+    rng = self.stretch.value == "range"
+    self.limits.layout.display = None if rng else "none"
+    self.percentiles.layout.display = "none" if rng else None
 
-    # ---- drawing ----
-    def render(self):
-        "Draw the panels and metrics for the current controls."
-        with self._lock:
-            self.renders += 1
-            e = self.entry
-            if e is None:
-                self.message.value = "<i>No samples captured yet: they appear after the first capture.</i>"
-                self.panels.children = []; self.metrics.value = ""; self.prompt.layout.display = "none"
-                return
-            self.message.value = ""
-            hold, self._hold = self._hold, True
-            try: self._sync_region()
-            finally: self._hold = hold
-            self.stretch_sliders()
-            self.step_label.value = f"step {e.step} ({self.step.value + 1}/{len(self._entries)})"
-            i, raw, bands, reg = self.sample.value, self.raw and e.has_raw, list(self.bands), self.region
-            lo, hi = self.capture.value_range or (float(e.hr.min()), float(e.hr.max()))
-            sr = e.output(raw)[i]
-            views = {"lr": crop_region(e.lr_up[i], reg), "sr": crop_region(sr, reg), "hr": crop_region(e.hr[i], reg)}
-            s_lo, s_hi = stretch_limits(views["hr"], bands, self.stretch.value,
-                                        self.limits.value if self.stretch.value == "range" else self.percentiles.value)
-            rgb = {k: bands_to_rgb(v, bands, (s_lo, s_hi)) for k, v in views.items()}
-            rgb["error"] = error_rgb((views["sr"] - views["hr"]).abs(), self.error_max.value * (hi - lo))
-            if e.mask is not None: rgb["mask"] = overlay_mask(rgb["hr"], crop_region(e.mask[i], reg))
-            self.png = {k: to_png(v, self.display_size) for k, v in rgb.items()}
-            for k, b in self.png.items(): self.images[k].value = b
-            self.titles["sr"].value = f"<b>SR ({'raw' if raw else 'EMA' if e.has_raw else 'generator'})</b>"
-            self.panels.children = [self._boxes[k] for k in _PANELS if k in self.png]
-            self.metrics.value = self._metrics_html(e, i, raw)
-            if e.prompt is not None:
-                self.prompt.value = f"<b>prompt:</b> {html.escape(str(e.prompt[i]))}"
-                self.prompt.layout.display = None
-            else: self.prompt.value, self.prompt.layout.display = "", "none"
-
-    def stretch_sliders(self):
-        "Show the slider of the chosen stretch mode."
-        rng = self.stretch.value == "range"
-        self.limits.layout.display = None if rng else "none"
-        self.percentiles.layout.display = "none" if rng else None
-
-    def _metrics_html(self, e:Capture, i:int, raw:bool)->str:
-        m, sfx = e.metrics, "_raw" if raw else ""
-        rows = [("SR", m[f"psnr{sfx}"][i], m[f"ssim{sfx}"][i]), ("bicubic", m["psnr_baseline"][i], m["ssim_baseline"][i])]
-        body = "".join(f"<tr><td>{n}</td><td>{float(p):.2f}</td><td>{float(s):.4f}</td></tr>" for n, p, s in rows)
-        lr = f"<br>lr_g {e.lr_g:.2e}" if e.lr_g is not None else ""
-        return (f"<div style='padding-left:8px'><b>step {e.step}</b>, sample {i}{lr}"
-                f"<table><tr><th></th><th>PSNR</th><th>SSIM</th></tr>{body}</table></div>")
+@patch_to(Inspector)
+def _metrics_html(self, e:Capture, i:int, raw:bool)->str:
+    m, sfx = e.metrics, "_raw" if raw else ""
+    rows = [("SR", m[f"psnr{sfx}"][i], m[f"ssim{sfx}"][i]), ("bicubic", m["psnr_baseline"][i], m["ssim_baseline"][i])]
+    body = "".join(f"<tr><td>{n}</td><td>{float(p):.2f}</td><td>{float(s):.4f}</td></tr>" for n, p, s in rows)
+    lr = f"<br>lr_g {e.lr_g:.2e}" if e.lr_g is not None else ""
+    return (f"<div style='padding-left:8px'><b>step {e.step}</b>, sample {i}{lr}"
+            f"<table><tr><th></th><th>PSNR</th><th>SSIM</th></tr>{body}</table></div>")
 
 # %% ../nbs/12_widgets.ipynb #1a4b576c
 class LiveTraining:
@@ -264,69 +293,89 @@ class LiveTraining:
         if self.error is not None: return "failed"
         return "stopped" if self.stop_requested else "finished"
 
-    def stop(self):
-        "Ask training to end at the next batch (it saves a checkpoint); returns at once."
-        if hasattr(self.session, "stop") and self.running:
-            self.session.stop(wait=False); self.stop_requested = True
+
+# %% ../nbs/12_widgets.ipynb #3b889391
+@patch_to(LiveTraining)
+def stop(self):
+    "Ask training to end at the next batch (it saves a checkpoint); returns at once."
+    if hasattr(self.session, "stop") and self.running:
+        self.session.stop(wait=False); self.stop_requested = True
+    self._update_status()
+
+@patch_to(LiveTraining)
+def status_html(self)->str:
+    "The status line: state, generator step and the error with its traceback when training failed."
+    m = self.module
+    plan = getattr(m, "plan", None)  # the run's step plan: its length and the phase of the next step
+    total = plan.max_steps if plan is not None else None
+    colour = {"running": "#1a7f37", "stopping": "#9a6700", "failed": "#cf222e"}.get(self.state, "#57606a")
+    s = f"<b style='color:{colour}'>{self.state}</b> · step {m.g_step}" + (f" / {total}" if total and total > 0 else "")
+    if plan is not None: s += f" · {plan.phase(m.g_step)}"
+    saved = getattr(getattr(self.session, "stopper", None), "saved", None)
+    if saved: s += f" · checkpoint <code>{html.escape(str(saved))}</code>"
+    if self.error is not None:
+        tb = "".join(traceback.format_exception(type(self.error), self.error, self.error.__traceback__))
+        s += (f"<div style='color:#cf222e'><b>{html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}</b>"
+              f"<pre style='font-size:11px;max-height:240px;overflow:auto'>{html.escape(tb)}</pre></div>")
+    if self.refresh_error is not None:
+        s += f"<div style='color:#cf222e'>dashboard refresh failed: {html.escape(repr(self.refresh_error))}</div>"
+    return s
+
+@patch_to(LiveTraining)
+def _update_status(self):
+    self.status.value = self.status_html()
+    self.stop_button.disabled = not (self.running and hasattr(self.session, "stop")) or self.stop_requested
+
+# %% ../nbs/12_widgets.ipynb #f290d264
+@patch_to(LiveTraining)
+def refresh(self):
+    "Update the status, the loss plot (when new rows were logged) and the inspector."
+    with self._lock:
         self._update_status()
+        df = self.session.metrics
+        rows = (len(df), tuple(df.columns)) if df is not None else None
+        if rows != self._plot_rows or self.plot.value == b"":
+            self.plot.value = loss_plot_png(df); self._plot_rows = rows
+        self.inspector.refresh()
 
-    def status_html(self)->str:
-        "The status line: state, generator step and the error with its traceback when training failed."
-        m = self.module
-        plan = getattr(m, "plan", None)  # the run's step plan: its length and the phase of the next step
-        total = plan.max_steps if plan is not None else None
-        colour = {"running": "#1a7f37", "stopping": "#9a6700", "failed": "#cf222e"}.get(self.state, "#57606a")
-        s = f"<b style='color:{colour}'>{self.state}</b> · step {m.g_step}" + (f" / {total}" if total and total > 0 else "")
-        if plan is not None: s += f" · {plan.phase(m.g_step)}"
-        saved = getattr(getattr(self.session, "stopper", None), "saved", None)
-        if saved: s += f" · checkpoint <code>{html.escape(str(saved))}</code>"
-        if self.error is not None:
-            tb = "".join(traceback.format_exception(type(self.error), self.error, self.error.__traceback__))
-            s += (f"<div style='color:#cf222e'><b>{html.escape(type(self.error).__name__)}: {html.escape(str(self.error))}</b>"
-                  f"<pre style='font-size:11px;max-height:240px;overflow:auto'>{html.escape(tb)}</pre></div>")
-        if self.refresh_error is not None:
-            s += f"<div style='color:#cf222e'>dashboard refresh failed: {html.escape(repr(self.refresh_error))}</div>"
-        return s
+@patch_to(LiveTraining)
+def start_auto_refresh(self, every:float=2.0):
+    "Refresh every `every` seconds in a daemon thread until training ends (then once more)."
+    self.stop_auto_refresh()
+    self._halt = threading.Event()
+    self._thread = threading.Thread(target=self._loop, args=(every, self._halt), daemon=True, name="gan_engine-dashboard")
+    self._thread.start()
+    _REFRESHING.add(self)
 
-    def _update_status(self):
-        self.status.value = self.status_html()
-        self.stop_button.disabled = not (self.running and hasattr(self.session, "stop")) or self.stop_requested
+@patch_to(LiveTraining)
+def stop_auto_refresh(self):
+    "Stop the automatic refresh and wait for its thread."
+    if self._thread is not None: self._halt.set(); self._thread.join(10); self._thread = None
+    _REFRESHING.discard(self)
 
-    def refresh(self):
-        "Update the status, the loss plot (when new rows were logged) and the inspector."
-        with self._lock:
-            self._update_status()
-            df = self.session.metrics
-            rows = (len(df), tuple(df.columns)) if df is not None else None
-            if rows != self._plot_rows or self.plot.value == b"":
-                self.plot.value = loss_plot_png(df); self._plot_rows = rows
-            self.inspector.refresh()
+_REFRESHING = weakref.WeakSet()  # dashboards whose refresh thread runs
 
-    # ---- automatic refresh ----
-    def start_auto_refresh(self, every:float=2.0):
-        "Refresh every `every` seconds in a daemon thread until training ends (then once more)."
-        self.stop_auto_refresh()
-        self._halt = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(every, self._halt), daemon=True, name="gan_engine-dashboard")
-        self._thread.start()
+@atexit.register
+def _stop_refreshing():
+    # a daemon thread still drawing (torch, matplotlib) while the interpreter shuts down can abort the process
+    for dash in list(_REFRESHING): dash.stop_auto_refresh()
 
-    def stop_auto_refresh(self):
-        if self._thread is not None: self._halt.set(); self._thread.join(10); self._thread = None
+@patch_to(LiveTraining, as_prop=True)
+def auto_refreshing(self)->bool: return self._thread is not None and self._thread.is_alive()
 
-    @property
-    def auto_refreshing(self)->bool: return self._thread is not None and self._thread.is_alive()
+@patch_to(LiveTraining)
+def _loop(self, every:float, halt:threading.Event):
+    while not halt.is_set():
+        alive = self.running
+        try: self.refresh()
+        except Exception as e:  # keep the dashboard alive, and say so
+            self.refresh_error = e
+            try: self._update_status()
+            except Exception: pass
+        if not alive: break
+        halt.wait(every)
 
-    def _loop(self, every:float, halt:threading.Event):
-        while not halt.is_set():
-            alive = self.running
-            try: self.refresh()
-            except Exception as e:  # keep the dashboard alive, and say so
-                self.refresh_error = e
-                try: self._update_status()
-                except Exception: pass
-            if not alive: break
-            halt.wait(every)
-
+# %% ../nbs/12_widgets.ipynb #d0c9a418
 def live_training(config=None, # config, dict or YAML path (None = defaults)
                   overrides:Sequence[str]=(), # dotted KEY=VALUE overrides
                   every_n_steps:int=50, # capture interval in generator steps
