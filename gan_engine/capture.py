@@ -12,8 +12,10 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 import lightning as L
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 from fastcore.basics import patch_to
+
+from .masks import MASK_KINDS, MaskGenerator, check_hole
+from .tasks import image_metrics
 
 # %% auto #0
 __all__ = ['Capture', 'sample_metrics', 'SampleCapture', 'find_capture']
@@ -24,39 +26,39 @@ class Capture:
     "One captured step: outputs on the fixed samples in raw units (CPU tensors) and per-sample metrics."
     step: int # generator step (`module.g_step`)
     lr_g: float|None # generator learning rate at that step
-    lr: torch.Tensor # (K,C,h,w) LR input (shared by all entries, not copied)
-    lr_up: torch.Tensor # (K,C,H,W) the task's baseline (bicubic upsampling for SR), clamped to the value range
+    lr: torch.Tensor # (K,C,h,w) the input as shown: LR for SR, the image with its hole filled for inpainting
+    lr_up: torch.Tensor # (K,C,H,W) the task's baseline (bicubic for SR, mean fill for inpainting), clamped to the value range
     hr: torch.Tensor # (K,C,H,W) target
-    sr: torch.Tensor # (K,C,H,W) output with the EMA weights (the live weights when EMA is off)
-    sr_raw: torch.Tensor|None # (K,C,H,W) output with the live weights when EMA is on, else None
+    sr: torch.Tensor # (K,C,H,W) the task's output with the EMA weights (the live weights when EMA is off): SR, or the composite
+    sr_raw: torch.Tensor|None # (K,C,H,W) the same with the live weights when EMA is on, else None
     mask: torch.Tensor|None # (K,1,H,W) mask (1 = missing) when the batch has one
     prompt: list|None # prompt strings when the batch has them
-    metrics: dict # name -> (K,) tensor: psnr, ssim, [psnr_raw, ssim_raw], psnr_baseline, ssim_baseline
+    metrics: dict # name -> (K,) tensor: psnr, ssim, [psnr_raw, ...], psnr_baseline, ... (+ psnr_hole, ssim_hole, mae_hole, ...)
+    generated: torch.Tensor|None = None # (K,C,H,W) the generator's own output before composing (inpainting), EMA weights
+    generated_raw: torch.Tensor|None = None # the same with the live weights when EMA is on
+    note: str = "" # why this entry was taken when not on schedule, e.g. "new stroke mask for sample 1"
 
     @property
     def has_raw(self)->bool: return self.sr_raw is not None
     def output(self, raw:bool=False)->torch.Tensor:
-        "SR output: live weights if `raw` (and EMA is on), else EMA weights."
+        "The task's output (SR, composite): live weights if `raw` (and EMA is on), else EMA weights."
         return self.sr_raw if raw and self.sr_raw is not None else self.sr
+    def generator_output(self, raw:bool=False)->torch.Tensor|None:
+        "The generator's own output before composing (None when the task does not compose)."
+        return self.generated_raw if raw and self.generated_raw is not None else self.generated
     @property
     def nbytes(self)->int:
         "Bytes held by this entry alone (outputs; the inputs are shared)."
-        return sum(t.numel() * t.element_size() for t in (self.sr, self.sr_raw) if t is not None)
+        return sum(t.numel() * t.element_size() for t in (self.sr, self.sr_raw, self.generated, self.generated_raw)
+                   if t is not None)
 
 # %% ../nbs/12_capture.ipynb #b8ab0f42
 def sample_metrics(pred:torch.Tensor, # (K,C,H,W) in raw units
                    target:torch.Tensor, # (K,C,H,W) in raw units
                    value_range:Sequence[float], # (low, high) of the raw data
                   )->dict[str, torch.Tensor]:
-    "Per-sample PSNR and SSIM (each a (K,) tensor)."
-    if pred.shape != target.shape or pred.ndim != 4:
-        raise ValueError(f"Expected `pred` and `target` to be (K,C,H,W) of one shape but got {tuple(pred.shape)} and {tuple(target.shape)}")
-    lo, hi = (float(v) for v in value_range)
-    p, t = pred.float().clamp(lo, hi), target.float().clamp(lo, hi)
-    k = min(11, min(p.shape[-2:]) - (1 - min(p.shape[-2:]) % 2))  # odd, at most the image size
-    psnr = peak_signal_noise_ratio(p, t, data_range=(lo, hi), reduction="none", dim=(1, 2, 3))
-    ssim = structural_similarity_index_measure(p, t, data_range=(lo, hi), reduction="none", kernel_size=max(k, 1))
-    return {"psnr": psnr.reshape(-1), "ssim": ssim.reshape(-1)}
+    "Per-sample PSNR and SSIM (each a (K,) tensor); the tasks' `image_metrics` without a mask."
+    return image_metrics(pred, target, value_range)
 
 # %% ../nbs/12_capture.ipynb #3658443c
 def _first_samples(batch:Mapping, n:int)->dict:
@@ -98,6 +100,10 @@ class SampleCapture(L.Callback):
         self._lock = threading.Lock()
         self.inputs: dict|None = None
         self._baseline = None  # (lr_up, metrics): the same for every entry, computed once
+        self.module = None  # the module last recorded (the one training, once it has started)
+        self.training = False  # between on_train_start and on_train_end: new masks wait for the training thread
+        self._pending: list = []  # new-mask requests for the training thread
+        self._mask_seed = 0  # seeds of the masks `new_mask` draws
         self.value_range: tuple[float, float]|None = None
         self.hook_error: BaseException|None = None
         self.thinned = 0  # how many times the history was thinned
@@ -153,7 +159,7 @@ def batch_from_loader(self, loader)->dict|None:
 # %% ../nbs/12_capture.ipynb #8a5410f5
 @patch_to(SampleCapture)
 def _run(self, module, ema:bool)->torch.Tensor:
-    "Generator output in raw units on the fixed batch (EMA or live weights), eval mode, no gradients."
+    "The generator's own output in raw units on the fixed batch (EMA or live weights), eval mode, no gradients."
     g = module.ema.module if ema and getattr(module, "ema", None) is not None else module.generator
     dev = _device(module, torch.device("cpu"))
     gdev = _device(g, dev)
@@ -173,6 +179,7 @@ def _run(self, module, ema:bool)->torch.Tensor:
 def record(self, module, # a GANModule (or anything with generator, ema, task, normalise_batch, denormalise, value_range)
            step:int|None=None, # the step to file it under (default `module.g_step`)
            lr_g:float|None=None, # learning rate to note
+           note:str="", # why it was taken, when not on schedule
           )->Capture:
     "Capture now: run the generator(s) on the fixed samples and add the entry to the history."
     if self.inputs is None:
@@ -180,22 +187,25 @@ def record(self, module, # a GANModule (or anything with generator, ema, task, n
     if module.value_range is None:
         raise ValueError("Expected `module.value_range` to be known but got None; set Data.value_range")
     lo, hi = (float(v) for v in module.value_range)
-    self.value_range = (lo, hi)
+    self.value_range, self.module, task = (lo, hi), module, module.task
     inp = self.inputs
     if self._baseline is None:
-        up = module.task.baseline(inp).float().clamp(lo, hi).cpu()
-        self._baseline = (up, sample_metrics(up, inp["hr"], (lo, hi)))
-    lr_up, base_metrics = self._baseline
+        up = task.baseline(inp).float().clamp(lo, hi).cpu()
+        self._baseline = (up, task.sample_metrics(up, inp, (lo, hi)), task.shown_input(inp).float().cpu())
+    lr_up, base_metrics, shown = self._baseline
     has_ema = getattr(module, "ema", None) is not None
-    sr = self._run(module, ema=True).clamp(lo, hi)
-    sr_raw = self._run(module, ema=False).clamp(lo, hi) if has_ema else None
-    metrics = sample_metrics(sr, inp["hr"], (lo, hi))
-    if sr_raw is not None: metrics.update({f"{k}_raw": v for k, v in sample_metrics(sr_raw, inp["hr"], (lo, hi)).items()})
+    gen = self._run(module, ema=True).clamp(lo, hi)
+    gen_raw = self._run(module, ema=False).clamp(lo, hi) if has_ema else None
+    sr = task.compose(inp, gen)
+    sr_raw = task.compose(inp, gen_raw) if gen_raw is not None else None
+    metrics = task.sample_metrics(sr, inp, (lo, hi))
+    if sr_raw is not None: metrics.update({f"{k}_raw": v for k, v in task.sample_metrics(sr_raw, inp, (lo, hi)).items()})
     metrics.update({f"{k}_baseline": v for k, v in base_metrics.items()})
-    mask = inp.get("mask")
-    e = Capture(step=int(module.g_step if step is None else step), lr_g=lr_g, lr=inp["lr"] if "lr" in inp else inp["hr"],
-                lr_up=lr_up, hr=inp["hr"], sr=sr, sr_raw=sr_raw, mask=mask,
-                prompt=list(inp["prompt"]) if "prompt" in inp else None, metrics=metrics)
+    composes = getattr(task, "composes", False)
+    e = Capture(step=int(module.g_step if step is None else step), lr_g=lr_g, lr=shown,
+                lr_up=lr_up, hr=inp["hr"], sr=sr, sr_raw=sr_raw, mask=inp.get("mask"),
+                prompt=list(inp["prompt"]) if "prompt" in inp else None, metrics=metrics,
+                generated=gen if composes else None, generated_raw=gen_raw if composes else None, note=note)
     self._add(e)
     for fn in list(self.on_capture):
         try: fn(e)
@@ -227,6 +237,7 @@ def _due(self, step:int)->bool:
 @patch_to(SampleCapture)
 def on_train_start(self, trainer, pl_module):
     if not trainer.is_global_zero: return
+    self.module, self.training = pl_module, True
     if self.inputs is None:
         dm = getattr(trainer, "datamodule", None)
         loader = dm.val_dataloader() if dm is not None and hasattr(dm, "val_dataloader") else None
@@ -241,8 +252,70 @@ def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
     if self.inputs is None: self.set_batch(batch)  # no validation data: the first training batch
     step = trainer.global_step
     if step % self.every_n_steps == 0 and self._due(step): self.record(pl_module, step, self._lr(trainer))
+    self._serve_pending(pl_module, step, self._lr(trainer))
 
 @patch_to(SampleCapture)
 def on_train_end(self, trainer, pl_module):
-    if trainer.is_global_zero and self.at_start and self.inputs is not None and self._due(trainer.global_step):
+    if not trainer.is_global_zero: return
+    with self._lock: self.training = False   # from here new masks are served at once; queued ones below
+    if self.at_start and self.inputs is not None and self._due(trainer.global_step):
         self.record(pl_module, trainer.global_step, self._lr(trainer))
+    self._serve_pending(pl_module, trainer.global_step, self._lr(trainer))
+
+@patch_to(SampleCapture)
+def on_exception(self, trainer, pl_module, exception):
+    self.training = False   # a failed run serves new-mask requests at once from then on
+
+# %% ../nbs/12_capture.ipynb #e0826865
+@patch_to(SampleCapture)
+def new_mask(self,
+             sample:int=0, # which fixed sample gets the mask
+             kind:str|None=None, # a mask kind (box, stroke, blob, ...); None = drawn by the run's Data.masks weights
+             box:Sequence[int]|None=None, # place this box instead: (x, y, width, height) in pixels
+             seed:int|None=None, # seed of a generated mask (None = the next of this capture's own seeds)
+             module=None, # the module (None = the one last recorded or training)
+            )->Capture|None: # the new entry, or None when it waits for the training thread
+    "Give fixed sample `sample` a new mask and capture the current generator on it."
+    module = module if module is not None else self.module
+    if module is None: raise ValueError("Expected a module (`module=`) or a capture that has recorded one but got none")
+    if self.inputs is None or "mask" not in self.inputs:
+        raise ValueError("Expected fixed samples with a `mask` (an inpainting run) but got "
+                         + ("no samples yet" if self.inputs is None else f"keys {sorted(self.inputs)}"))
+    K, _, H, W = self.inputs["mask"].shape
+    if isinstance(sample, bool) or not isinstance(sample, int) or not 0 <= sample < K:
+        raise ValueError(f"Expected `sample` to be an int in [0, {K - 1}] but got {sample!r}")
+    if box is not None:
+        x, y, w, h = (int(v) for v in box)
+        if not (0 <= x < W and 0 <= y < H and w >= 1 and h >= 1):
+            raise ValueError(f"Expected `box` (x, y, width, height) to start inside the {W}x{H} sample and be at least "
+                             f"1x1 but got {tuple(box)}")
+        m = torch.zeros(1, H, W); m[:, y:y + h, x:x + w] = 1
+        check_hole(m, f"the box {tuple(box)}")
+        label = f"box at ({x}, {y}), {w}x{h}"
+    else:
+        if kind is not None and kind not in MASK_KINDS:
+            raise ValueError(f"Expected `kind` to be one of {MASK_KINDS.names()} but got {kind!r}")
+        cfg = getattr(module, "cfg", None)
+        gen = MaskGenerator.from_config(cfg) if cfg is not None else MaskGenerator()
+        if seed is None: seed, self._mask_seed = self._mask_seed, self._mask_seed + 1
+        m, kind = gen(H, W, rng=seed, kind=kind)
+        label = f"{kind} mask"
+    request = (sample, m, f"new {label} for sample {sample}")
+    with self._lock:   # checked and queued at once: training cannot end in between and leave it unserved
+        if self.training: self._pending.append(request); return None
+    return self._apply_mask(module, request)
+
+@patch_to(SampleCapture)
+def _apply_mask(self, module, request, step:int|None=None, lr_g:float|None=None)->Capture:
+    sample, m, note = request
+    masks = self.inputs["mask"].clone()
+    masks[sample] = m
+    self.inputs = {**self.inputs, "mask": masks}
+    self._baseline = None   # the baseline (and the shown input) depend on the mask
+    return self.record(module, step, lr_g, note=note)
+
+@patch_to(SampleCapture)
+def _serve_pending(self, module, step:int, lr_g:float|None):
+    "Apply the queued new masks (training thread)."
+    with self._lock: pending, self._pending = self._pending, []
+    for request in pending: self._apply_mask(module, request, step, lr_g)

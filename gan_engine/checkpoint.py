@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from .data import DataError
+from .images import DataError
 
 # %% auto #0
 __all__ = ['STATE_KEY', 'EMA_KEY', 'WEIGHT_FORMATS', 'weight_paths', 'write_atomic', 'save_atomic', 'CheckpointError',

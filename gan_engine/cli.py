@@ -10,10 +10,10 @@ import argparse, sys, traceback
 from pathlib import Path
 
 import gan_engine
-from .config import ConfigError, load_config, Config
+from .config import MASK_CHANNEL_RULES, ConfigError, load_config, Config
 
 # %% auto #0
-__all__ = ['find_samples', 'quickstart_config', 'main']
+__all__ = ['PRESETS', 'find_samples', 'quickstart_config', 'main']
 
 # %% ../nbs/14_cli.ipynb #e64c04c4
 def find_samples(start:str|Path|None=None)->Path:
@@ -23,13 +23,9 @@ def find_samples(start:str|Path|None=None)->Path:
     raise FileNotFoundError("data_samples/ not found in the working directory or beside the gan_engine package; "
                             "run from a clone of the repository or pass --config with your own Data.train_dir")
 
-def quickstart_config(overrides=(), # dotted KEY=VALUE strings
-                      samples:str|Path|None=None, # the data_samples folder (found if None)
-                     )->Config:
-    "The SR quickstart config on `data_samples/sr` (x2, RGB), with `overrides` applied."
-    s = Path(samples) if samples else find_samples()
+def _sr_preset(s:Path)->dict:
     # x2 with a bicubic skip: a small network that visibly beats bicubic within minutes on a laptop CPU
-    base = {"Data": {"train_dir": str(s / "sr" / "train"), "val_dir": str(s / "sr" / "val"), "scale": 2,
+    return {"Data": {"train_dir": str(s / "sr" / "train"), "val_dir": str(s / "sr" / "val"), "scale": 2,
                      "lr_patch_size": 32, "train_batch_size": 8, "val_batch_size": 4, "repeat": 8},
             "Model": {"task": "sr", "in_bands": 3},
             "Generator": {"model_type": "srresnet", "block_type": "res", "n_channels": 32, "n_blocks": 4,
@@ -41,23 +37,54 @@ def quickstart_config(overrides=(), # dotted KEY=VALUE strings
             "Schedulers": {"decay": "cosine", "g_warmup_steps": 20},
             "Callbacks": {"checkpoint": {"monitor": "val/psnr", "mode": "max", "save_top_k": 2}},
             "Logging": {"output_dir": "runs/quickstart", "images_every_n_steps": 150}}
-    return load_config(base, overrides)
+
+def _inpaint_preset(s:Path)->dict:
+    # the same photographs, 64-px crops with generated holes (5-25 %), a 3-level U-Net that sees the smooth fill and the
+    # mask and starts as that fill (global residual), a PatchGAN that sees the mask too; squared error of the composite
+    # (the hole's, since the rest is exact) leads, with a little hole and valid L1 and total variation at the seam
+    return {"Data": {"train_dir": str(s / "sr" / "train"), "val_dir": str(s / "sr" / "val"), "lr_patch_size": 64,
+                     "train_batch_size": 8, "val_batch_size": 4, "repeat": 8,
+                     "masks": {"kinds": {"box": 1.0, "stroke": 1.0, "blob": 1.0}, "hole_area": [0.05, 0.25], "count": [1, 3]}},
+            "Model": {"task": "inpaint", "in_bands": 3, "hole_fill": "smooth"},
+            "Generator": {"model_type": "unet", "n_channels": 32, "unet_depth": 3, "global_residual": "nearest"},
+            "Discriminator": {"model_type": "patchgan", "base_channels": 32, "n_blocks": 3, "mask_input": True},
+            "Training": {"max_steps": 1500, "g_pretrain_steps": 1200, "adv_loss_ramp_steps": 100, "val_every_n_steps": 250,
+                         "EMA": {"decay": 0.99},
+                         "Losses": {"l1_weight": 0.0, "mse_weight": 1.0, "hole_l1_weight": 0.2, "valid_l1_weight": 0.1,
+                                    "boundary_tv_weight": 0.05, "adv_loss_beta": 1e-3}},
+            "Optimizers": {"optim_g_lr": 1e-3, "betas": [0.9, 0.99]},
+            "Schedulers": {"decay": "cosine", "g_warmup_steps": 20, "metric_g": "val/hole_l1", "metric_d": "val/hole_l1"},
+            "Callbacks": {"checkpoint": {"monitor": "val/psnr_hole", "mode": "max", "save_top_k": 2}},
+            "Logging": {"output_dir": "runs/inpaint", "images_every_n_steps": 250}}
+
+PRESETS = {"sr": _sr_preset, "inpaint": _inpaint_preset}  # `gan-engine train --preset NAME`
+
+def quickstart_config(overrides=(), # dotted KEY=VALUE strings
+                      samples:str|Path|None=None, # the data_samples folder (found if None)
+                      preset:str="sr", # which quickstart: sr (x2 super-resolution) or inpaint (generated holes)
+                     )->Config:
+    "A quickstart config on the shipped `data_samples/` (the SR x2 one by default), with `overrides` applied."
+    if preset not in PRESETS: raise ConfigError(f"--preset: {preset!r} is not one of {sorted(PRESETS)}")
+    return load_config(PRESETS[preset](Path(samples) if samples else find_samples()), overrides)
 
 # %% ../nbs/14_cli.ipynb #8968ab45
 def _preview(cfg:Config, out:Path)->list[str]:
-    "Write a grid of LR/HR crops from both loaders (the panel renderer every logger uses); return the summary lines."
+    "Write a grid of samples from both loaders (the panel renderer every logger uses); return the summary lines."
     import numpy as np
     import torch.nn.functional as F
     from gan_engine.data import GANDataModule, check_paths
     from gan_engine.render import render_panels, to_pil
+    from gan_engine.tasks import build_task
     check_paths(cfg)
-    dm = GANDataModule(cfg)
+    dm, task = GANDataModule(cfg), build_task(cfg)
     dm.setup()
     batches = [("train", next(iter(dm.train_dataloader())))]
     if dm.val_dataset is not None: batches.append(("val", next(iter(dm.val_dataloader()))))
-    n = min(4, *(len(b["lr"]) for _, b in batches))
-    grids = [render_panels({"LR": F.interpolate(b["lr"][:n].float(), size=b["hr"].shape[-2:], mode="nearest"),
-                            "HR": b["hr"][:n]}, dm.value_range, cfg.Logging.display_bands) for _, b in batches]
+    n = min(4, *(len(b["hr"]) for _, b in batches))
+    def panels(b):
+        if "mask" in b: return {"image": b["hr"][:n], "masked input": task.shown_input(b)[:n], "mask": b["mask"][:n]}
+        return {"LR": F.interpolate(b["lr"][:n].float(), size=b["hr"].shape[-2:], mode="nearest"), "HR": b["hr"][:n]}
+    grids = [render_panels(panels(b), dm.value_range, cfg.Logging.display_bands) for _, b in batches]
     width = max(g.shape[1] for g in grids)
     gap = np.full((8, width, 3), 255, np.uint8)
     sheet = np.concatenate([x for g in grids for x in (np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)),
@@ -65,9 +92,12 @@ def _preview(cfg:Config, out:Path)->list[str]:
     path = out / "preview.png"
     to_pil(sheet).save(path)
     lines = [f"Training images: {len(dm.train_dataset)}; validation images: {len(dm.val_dataset) if dm.val_dataset else 0}",
-             *(f"{name} batch: lr {tuple(b['lr'].shape)}, hr {tuple(b['hr'].shape)}" for name, b in batches),
+             *(f"{name} batch: " + ", ".join(f"{k} {tuple(b[k].shape)}" for k in ("lr", "hr", "mask") if k in b)
+               + (f"; holes {float(b['mask'].mean((1, 2, 3)).min()):.0%}-{float(b['mask'].mean((1, 2, 3)).max()):.0%} of each crop"
+                  if "mask" in b else "") for name, b in batches),
              f"Value range {dm.value_range}, bands {dm.band_names}",
-             f"Preview: {path} (rows: {' then '.join(name for name, _ in batches)} samples; columns: LR enlarged, HR)"]
+             f"Preview: {path} (rows: {' then '.join(name for name, _ in batches)} samples; columns: "
+             f"{', '.join(panels(batches[0][1]))})"]
     return lines
 
 # %% ../nbs/14_cli.ipynb #b371d72f
@@ -75,44 +105,58 @@ def _parser()->argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gan-engine", description="Train and inspect image-to-image GANs (gan_engine).")
     p.add_argument("--version", action="version", version=f"gan_engine {gan_engine.__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    def common(sp, config_help="YAML config (default: the SR quickstart on data_samples/)"):
+    def common(sp, config_help="YAML config (default: a quickstart on data_samples/, see --preset)"):
         sp.add_argument("--config", help=config_help)
+        sp.add_argument("--preset", choices=sorted(PRESETS), help="the quickstart used without --config (default: sr)")
         sp.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. Training.max_steps=200")
         sp.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     tr = sub.add_parser("train", help="train from a config (default: the SR quickstart)")
     common(tr); tr.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint")
     va = sub.add_parser("validate", help="validate a checkpoint on the config's validation data")
     common(va); va.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
-    pr = sub.add_parser("predict", help="super-resolve a file or folder with a checkpoint")
+    pr = sub.add_parser("predict", help="super-resolve (or inpaint) a file or folder with a checkpoint")
     pr.add_argument("--ckpt", required=True, help="checkpoint (EMA weights are used by default)")
     pr.add_argument("--input", required=True, help="an image file or a folder of images")
     pr.add_argument("--output", required=True, help="folder for the outputs")
+    pr.add_argument("--mask", metavar="FILE_OR_DIR", help="inpainting: a mask file, or a folder of masks named like the inputs")
+    pr.add_argument("--mask-kind", help="inpainting without mask files: generate masks (mixture, box, stroke, blob)")
+    pr.add_argument("--mask-seed", type=int, default=0, help="seed of generated masks (image i gets seed + i)")
+    pr.add_argument("--mask-invert", action="store_true", help="mask files mark the hole with 0 (default: non-zero)")
+    pr.add_argument("--mask-channels", default="error", choices=MASK_CHANNEL_RULES,
+                    help="mask files with several channels: refuse, or any / all / first")
     pr.add_argument("--tile", type=int, help="tile size in LR pixels (default: whole images)")
     pr.add_argument("--overlap", type=int, default=16, help="tile overlap in LR pixels")
     pr.add_argument("--raw", action="store_true", help="use the training weights instead of the EMA weights")
     pr.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     pr.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    pv = sub.add_parser("preview", help="build the data pipeline from a config and write a grid of LR/HR crops")
+    pv = sub.add_parser("preview", help="build the data pipeline from a config and write a grid of its samples (LR/HR, or images with masks)")
     common(pv)
     return p
 
 # %% ../nbs/14_cli.ipynb #24e1a37c
 def _config(args, ckpt:str|None=None)->Config:
     "The config: --config, else the one stored in `ckpt` (resume, validate), else the quickstart; overrides on top."
+    preset = getattr(args, "preset", None)
+    if args.config and preset: raise ConfigError("--preset: a quickstart is used only without --config; pass one of them")
     if args.config: return load_config(args.config, args.overrides)
     if ckpt:
         from gan_engine.checkpoint import checkpoint_config, read_checkpoint
         stored = checkpoint_config(read_checkpoint(ckpt))
         if stored is None: raise ConfigError(f"--config: {ckpt!r} stores no config (not a gan_engine checkpoint?); pass --config")
         return load_config(stored, args.overrides)
-    return quickstart_config(args.overrides)
+    return quickstart_config(args.overrides, preset=preset or "sr")
 
 def _train(args)->Path:
     from gan_engine.trainer import fit
     if args.resume and not Path(args.resume).is_file(): raise FileNotFoundError(f"checkpoint {args.resume!r} does not exist")
     run = fit(_config(args, args.resume), resume=args.resume)
     m = run.trainer.callback_metrics
-    if "val/psnr" in m and "val/psnr_bicubic" in m:
+    if "val/psnr_hole" in m:
+        base = "; ".join(f"{n} {float(m[f'val/psnr_hole_{k}']):.2f} dB" for k, n in (("meanfill", "mean fill"), ("biharmonic", "biharmonic"))
+                         if f"val/psnr_hole_{k}" in m)
+        print(f"Validation PSNR in the hole: {float(m['val/psnr_hole']):.2f} dB last ({base}); SSIM in the hole "
+              f"{float(m['val/ssim_hole']):.4f}; whole image {float(m['val/psnr']):.2f} dB")
+    elif "val/psnr" in m and "val/psnr_bicubic" in m:
         best = run.metrics["val/psnr"].max() if hasattr(run.metrics, "columns") and "val/psnr" in run.metrics else float(m["val/psnr"])
         print(f"Validation PSNR: {float(m['val/psnr']):.2f} dB last, {best:.2f} dB best; "
               f"bicubic {float(m['val/psnr_bicubic']):.2f} dB; SSIM {float(m.get('val/ssim', float('nan'))):.4f}")
@@ -140,7 +184,9 @@ def _predict(args)->Path:
         raise ConfigError(f"--tile/--overlap: expected --tile > 2 x --overlap and --overlap >= 0 but got "
                           f"--tile {args.tile}, --overlap {args.overlap}")
     predictor = load_predictor(args.ckpt, raw=args.raw, map_location=args.device)
-    written = predict_path(predictor, args.input, args.output, tile=args.tile, overlap=args.overlap)
+    written = predict_path(predictor, args.input, args.output, tile=args.tile, overlap=args.overlap, masks=args.mask,
+                           mask_kind=args.mask_kind, mask_seed=args.mask_seed, invert=args.mask_invert,
+                           channels=args.mask_channels)
     print(f"Wrote {len(written)} file(s) to {args.output} with the {predictor.weights} weights")
     return Path(args.output)
 
@@ -156,7 +202,7 @@ def _run(args)->Path:
 
 # %% ../nbs/14_cli.ipynb #e3195f3e
 def _user_errors():
-    from gan_engine.data import DataError
+    from gan_engine.images import DataError
     return (ConfigError, DataError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 def main(argv:list[str]|None=None)->int:

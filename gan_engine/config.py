@@ -19,9 +19,9 @@ from .registry import import_object  # noqa: F401 (kept importable from here, wh
 from .opensr import translate_opensr
 
 # %% auto #0
-__all__ = ['SCALES', 'SR_SCALES', 'EMA_DECAY_RANGE', 'SCHEMA', 'SPEC_KEYS', 'Key', 'describe_config', 'Section', 'Config',
-           'ConfigLoader', 'yaml_load', 'parse_override', 'trainer_keywords', 'is_class_spec', 'load_config',
-           'save_config']
+__all__ = ['SCALES', 'SR_SCALES', 'MASK_CHANNEL_RULES', 'HOLE_FILLS', 'EMA_DECAY_RANGE', 'SCHEMA', 'SPEC_KEYS', 'Key',
+           'describe_config', 'Section', 'Config', 'ConfigLoader', 'yaml_load', 'parse_override', 'trainer_keywords',
+           'is_class_spec', 'load_config', 'save_config']
 
 # %% ../nbs/00_config.ipynb #be2da59b
 @dataclass
@@ -44,19 +44,21 @@ def _key(default, type, doc, **kw): return Key(default, type, doc, **kw)
 # %% ../nbs/00_config.ipynb #11651d52
 SCALES = (1, 2, 3, 4, 8)                 # generator scaling factors (1: same-size tasks)
 SR_SCALES = tuple(s for s in SCALES if s > 1)  # super-resolution factors (Data.scale)
+MASK_CHANNEL_RULES = ("error", "any", "all", "first")  # how a several-channel mask file becomes one mask
+HOLE_FILLS = ("smooth", "mean", "zero", "noise")  # what the inpainting generator sees in the hole
 EMA_DECAY_RANGE = (0.0, 1.0)             # [0, 1): 0 copies the generator, 1 would never move from its first weights
 _NORM_DOC = "normaliser: a name ({}) or a mapping {{name: ..., **kwargs}}"
 SCHEMA: dict = {}  # section -> {key: Key or sub-section}; filled section by section below
 
 # %% ../nbs/00_config.ipynb #4ef8d802
 SCHEMA["Data"] = {
-    "train_dir": _key(None, "path", "folder of training HR images (required to train)", nullable=True),
-    "val_dir": _key(None, "path", "folder of validation HR images; null = split off Data.val_fraction", nullable=True),
+    "train_dir": _key(None, "path", "folder of training images: HR for sr, complete images for inpaint (required to train)", nullable=True),
+    "val_dir": _key(None, "path", "folder of validation images; null = split off Data.val_fraction", nullable=True),
     "val_fraction": _key(0.1, "float", "share of train_dir held back for validation when val_dir is null", lo=0.0, hi=0.9),
-    "train_lr_dir": _key(None, "path", "paired LR training images (same stems); null = degrade HR on the fly", nullable=True),
-    "val_lr_dir": _key(None, "path", "paired LR validation images; null = degrade HR on the fly", nullable=True),
-    "scale": _key(4, "int", "super-resolution factor HR/LR", choices=SR_SCALES),
-    "lr_patch_size": _key(32, "int", "side of the LR crop; HR crops are lr_patch_size * scale", lo=4),
+    "train_lr_dir": _key(None, "path", "sr: paired LR training images (same stems); null = degrade HR on the fly", nullable=True),
+    "val_lr_dir": _key(None, "path", "sr: paired LR validation images; null = degrade HR on the fly", nullable=True),
+    "scale": _key(4, "int", "sr: super-resolution factor HR/LR (same-size tasks ignore it)", choices=SR_SCALES),
+    "lr_patch_size": _key(32, "int", "side of the generator's input crop; targets are lr_patch_size * scale (sr) or the same crop (inpaint)", lo=4),
     "train_batch_size": _key(8, "int", "training batch size (per device)", lo=1),
     "val_batch_size": _key(8, "int", "validation batch size (per device)", lo=1),
     "num_workers": _key(0, "int", "DataLoader worker processes", lo=0),
@@ -76,6 +78,16 @@ SCHEMA["Data"] = {
         "noise_std": _key(0.0, "float", "Gaussian noise std after downscaling, in raw value units", lo=0.0),
         "antialias": _key(True, "bool", "antialiased bicubic downscaling"),
     },
+    "masks": {
+        "source": _key("generate", "str", "inpaint: hole masks generated per sample, or read from files matched to the images by name stem", choices=("generate", "files")),
+        "dir": _key(None, "path", "inpaint, source files: one folder of masks for all images; null = a masks/ folder inside each image folder", nullable=True),
+        "invert": _key(False, "bool", "mask files: 0 marks the hole and non-zero keeps (default: non-zero marks the hole)"),
+        "channels": _key("error", "str", "mask files with several channels: refuse them, or the hole is where any / all channels mark it, or channel 0", choices=MASK_CHANNEL_RULES),
+        "kinds": _key({"box": 1.0, "stroke": 1.0, "blob": 1.0}, "dict", "generated masks: {kind: weight}, kinds from the mask-kind registry (box, stroke, blob) or import paths; one kind per mask, drawn by weight", open_dict=True),
+        "hole_area": _key([0.05, 0.3], "list", "generated masks: [low, high] share of the crop that is hole (met exactly)"),
+        "count": _key([1, 4], "list", "generated masks: [low, high] number of shapes per mask"),
+        "seed": _key(None, "int", "seed of the validation masks (fixed per item); null = Training.seed", lo=0, nullable=True),
+    },
     "normalization": {
         "lr": _key("zero_one", "any", "LR-branch " + _NORM_DOC.format("see the normaliser registry"), registry="normaliser"),
         "hr": _key("zero_one", "any", "HR-branch " + _NORM_DOC.format("see the normaliser registry"), registry="normaliser"),
@@ -88,6 +100,7 @@ SCHEMA["Model"] = {
     "task": _key("sr", "str", "what the generator learns", choices=("sr", "inpaint", "prompt")),
     "in_bands": _key(3, "int", "bands of the input images", lo=1),
     "out_bands": _key(None, "int", "bands of the output; null = in_bands", lo=1, nullable=True),
+    "hole_fill": _key("smooth", "str", "inpaint: what the generator sees in the hole: a smooth push-pull interpolation of its surroundings, the mean of the kept pixels per band, zero, or noise of their mean and spread", choices=HOLE_FILLS),
     "cond_dim": _key(0, "int", "size of the conditioning embedding (0 = none)", lo=0),
     "continue_training": _key(False, "path", "checkpoint to resume the full run from, or false", false_ok=True, nullable=True),
     "load_checkpoint": _key(False, "path", "checkpoint or weights file to initialise weights from (no optimiser state), or false", false_ok=True, nullable=True),
@@ -96,7 +109,7 @@ SCHEMA["Model"] = {
 
 # %% ../nbs/00_config.ipynb #92b08c72
 SCHEMA["Generator"] = {
-    "model_type": _key("srresnet", "str", "generator architecture", registry="generator"),
+    "model_type": _key(None, "str", "generator architecture; null = srresnet for sr, unet for inpaint and prompt", registry="generator", nullable=True),
     "block_type": _key("standard", "str", "residual block of the SRResNet trunk", choices=("standard", "res", "rcab", "rrdb", "lka")),
     "n_channels": _key(64, "int", "feature channels of the trunk", lo=1),
     "n_blocks": _key(16, "int", "number of residual blocks", lo=1),
@@ -108,8 +121,8 @@ SCHEMA["Generator"] = {
     "use_icnr": _key(True, "bool", "ICNR initialisation of pixel-shuffle convolutions (no checkerboard at start)"),
     "reduction": _key(16, "int", "channel-attention reduction of RCAB blocks", lo=1),
     "unet_depth": _key(4, "int", "down/up levels of the U-Net generator", lo=1, hi=8),
-    "extra_in_channels": _key(0, "int", "extra input channels (e.g. 1 for an inpainting mask)", lo=0),
-    "global_residual": _key("none", "str", "add an upsampled copy of the input to the output (needs in_bands == out_bands)", choices=("none", "nearest", "bilinear", "bicubic")),
+    "extra_in_channels": _key(None, "int", "input channels beside the image; null = what the task feeds (1, the mask, for inpaint; else 0)", lo=0, nullable=True),
+    "global_residual": _key("none", "str", "add an upsampled copy of the input to the output, so training starts from it (needs in_bands == out_bands; same-size generators add the input image itself)", choices=("none", "nearest", "bilinear", "bicubic")),
 }
 
 # %% ../nbs/00_config.ipynb #3722c98c
@@ -119,6 +132,7 @@ SCHEMA["Discriminator"] = {
     "base_channels": _key(64, "int", "channels of the first block", lo=1),
     "linear_size": _key(1024, "int", "hidden size of the standard discriminator's head", lo=1),
     "use_spectral_norm": _key(None, "bool", "spectral normalisation on conv/linear layers; null = off / off / on (standard / patchgan / unet)", nullable=True),
+    "mask_input": _key(False, "bool", "inpaint: the discriminator also sees the mask (an extra input channel)"),
     "norm": _key("batch", "str", "normalisation layers (standard, patchgan)", choices=("batch", "instance", "none")),
 }
 
@@ -152,6 +166,9 @@ SCHEMA["Training"] = {
         "ms_ssim_weight": _key(0.0, "float", "1 - MS-SSIM weight", lo=0.0),
         "sam_weight": _key(0.0, "float", "spectral angle weight (multi-band)", lo=0.0),
         "tv_weight": _key(0.0, "float", "total variation weight", lo=0.0),
+        "hole_l1_weight": _key(1.0, "float", "inpaint: L1 of the raw generator output in the hole (mean over hole pixels)", lo=0.0),
+        "valid_l1_weight": _key(0.1, "float", "inpaint: L1 of the raw generator output outside the hole (mean over kept pixels)", lo=0.0),
+        "boundary_tv_weight": _key(0.0, "float", "inpaint: total variation of the composite on the hole and a 1-px ring around it", lo=0.0),
         "perceptual_weight": _key(0.0, "float", "perceptual (VGG feature) loss weight", lo=0.0),
         "perceptual_metric": _key("vgg", "str", "perceptual network", choices=("vgg", "lpips")),
         "perceptual_weights": _key(None, "path", "local file with the perceptual network's weights (nothing is downloaded)", nullable=True),
@@ -415,10 +432,21 @@ def _validate(raw:Mapping, schema:dict, prefix:str, problems:list)->dict:
 def _cross_checks(c:dict, problems:list):
     d, m, g, t, losses = c["Data"], c["Model"], c["Generator"], c["Training"], c["Training"]["Losses"]
     if m["out_bands"] is None: m["out_bands"] = m["in_bands"]
-    if g["scaling_factor"] is None: g["scaling_factor"] = d["scale"] if m["task"] == "sr" else 1  # the one place it is derived
-    elif m["task"] == "sr" and g["scaling_factor"] != d["scale"]:
+    sr = m["task"] == "sr"
+    if g["model_type"] is None: g["model_type"] = "srresnet" if sr else "unet"  # the one place these are derived
+    if g["scaling_factor"] is None: g["scaling_factor"] = d["scale"] if sr else 1
+    elif sr and g["scaling_factor"] != d["scale"]:
         problems.append(f"Generator.scaling_factor: {g['scaling_factor']} differs from Data.scale {d['scale']}; "
                         "set them equal (or leave Generator.scaling_factor null)")
+    elif not sr and g["scaling_factor"] != 1:
+        problems.append(f"Generator.scaling_factor: {g['scaling_factor']}, but Model.task {m['task']!r} keeps the image "
+                        "size; set it to 1 or leave it null")
+    need = 1 if m["task"] == "inpaint" else 0   # the mask channel
+    if g["extra_in_channels"] is None: g["extra_in_channels"] = need
+    elif m["task"] == "inpaint" and g["extra_in_channels"] != need:
+        problems.append(f"Generator.extra_in_channels: {g['extra_in_channels']}, but Model.task 'inpaint' feeds the "
+                        "generator one extra channel (the mask); set it to 1 or leave it null")
+    _cross_check_inpaint(c, problems)
     if g["model_type"] == "esrgan": g["block_type"] = "rrdb"
     o = c["Optimizers"]
     if o["optim_d_lr"] is None: o["optim_d_lr"] = 0.5 * o["optim_g_lr"]
@@ -462,6 +490,42 @@ def _cross_checks(c:dict, problems:list):
     if not all(isinstance(x, str) for x in ev):
         problems.append(f"Callbacks.extra_validation: {ev!r} must be a list of names or import paths")
     _check_trainer(c, problems)
+
+# %% ../nbs/00_config.ipynb #61c8c0e7
+def _cross_check_inpaint(c:dict, problems:list):
+    "Checks of the keys inpainting reads; the mask kinds come from the mask-kind registry."
+    d, m, g = c["Data"], c["Model"], c["Generator"]
+    if m["task"] == "inpaint":
+        for key in ("train_lr_dir", "val_lr_dir"):
+            if d[key] is not None:
+                problems.append(f"Data.{key}: paired LR images are for Model.task 'sr'; inpainting reads complete images "
+                                "from Data.train_dir / Data.val_dir (and masks from Data.masks)")
+    if c["Discriminator"]["mask_input"] and m["task"] != "inpaint":
+        problems.append(f"Discriminator.mask_input: true, but Model.task {m['task']!r} has no mask; it is for 'inpaint'")
+    if g["model_type"] == "unet" and d["lr_patch_size"] % 2 ** g["unet_depth"]:
+        q = 2 ** g["unet_depth"]
+        problems.append(f"Data.lr_patch_size: {d['lr_patch_size']} must be a multiple of 2**Generator.unet_depth = {q} "
+                        f"for the U-Net generator; use {max(q, d['lr_patch_size'] // q * q)} or a smaller unet_depth")
+    mk = d["masks"]
+    for key, integer in (("hole_area", False), ("count", True)):
+        v = mk[key]
+        kind_ok = all((isinstance(x, int) if integer else isinstance(x, (int, float))) and not isinstance(x, bool) for x in v)
+        if len(v) != 2 or not kind_ok:
+            problems.append(f"Data.masks.{key}: {v!r} is not [low, high] ({'integers' if integer else 'numbers'})")
+        elif key == "hole_area" and not 0 < v[0] <= v[1] < 1:
+            problems.append(f"Data.masks.hole_area: {v!r} must be [low, high] with 0 < low <= high < 1")
+        elif key == "count" and not 1 <= v[0] <= v[1]:
+            problems.append(f"Data.masks.count: {v!r} must be [low, high] with 1 <= low <= high")
+    kinds, names = mk["kinds"], registry_for("mask kind").names()
+    for k, w in kinds.items():
+        if not is_import_path(str(k)) and str(k).lower() not in names:
+            problems.append(f"Data.masks.kinds.{k}: unknown mask kind{did_you_mean(str(k), names)}; expected one of "
+                            f"{names} or an import path 'package.module:function'")
+        elif isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
+            problems.append(f"Data.masks.kinds.{k}: weight {w!r} must be a number >= 0")
+    if kinds and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in kinds.values()) and sum(kinds.values()) <= 0:
+        problems.append(f"Data.masks.kinds: {kinds!r} needs at least one kind with a weight > 0")
+    if not kinds: problems.append("Data.masks.kinds: empty; name at least one kind, e.g. {box: 1}")
 
 # %% ../nbs/00_config.ipynb #fc2e64f4
 _PRECISION_NAMES = {"32": 32, "32-true": 32, "16": 16, "16-mixed": 16, "bf16": "bf16", "bf16-mixed": "bf16"}

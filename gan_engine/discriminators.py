@@ -210,7 +210,8 @@ DISCRIMINATORS = Registry.of("discriminator", "Discriminator.model_type")  # the
 # %% ../nbs/04_discriminators.ipynb #48621af9
 def _d_common(cfg, default_blocks, default_sn):
     m, d = cfg.Model, cfg.Discriminator  # null n_blocks / use_spectral_norm mean "this model's default"
-    return (m.out_bands, default_blocks if d.n_blocks is None else d.n_blocks,
+    mask = 1 if d.mask_input else 0  # inpainting: the mask as an extra channel beside the judged image
+    return (m.out_bands + mask, default_blocks if d.n_blocks is None else d.n_blocks,
             default_sn if d.use_spectral_norm is None else d.use_spectral_norm, m.cond_dim)
 
 @DISCRIMINATORS.register("standard")

@@ -8,8 +8,8 @@ Docs: https://gan-engine.github.io/gan_engine/generators.html.md"""
 __all__ = ['BLOCK_TYPES', 'RESIDUAL_MODES', 'GENERATORS', 'check_image', 'check_divisible', 'check_cond', 'check_odd', 'conv',
            'FiLM', 'StandardBlock', 'ResBlock', 'ChannelAttention', 'RCAB', 'DenseBlock', 'RRDB',
            'LargeKernelAttention', 'LKABlock', 'make_block', 'upsample_stages', 'icnr_', 'PixelShuffleUp', 'Upsampler',
-           'SRResNet', 'UNetGenerator', 'count_parameters', 'build_srresnet', 'build_esrgan', 'build_unet_generator',
-           'build_generator']
+           'check_residual', 'check_extra_channels', 'SRResNet', 'UNetGenerator', 'count_parameters', 'build_srresnet',
+           'build_esrgan', 'build_unet_generator', 'build_generator']
 
 # %% ../nbs/03_generators.ipynb #90c62e30
 import math
@@ -285,6 +285,20 @@ class Upsampler(nn.Sequential):
 # %% ../nbs/03_generators.ipynb #c07fff64
 RESIDUAL_MODES = ("none", "nearest", "bilinear", "bicubic")
 
+def check_residual(mode:str, in_bands:int, out_bands:int)->str:
+    "The global-residual mode, lower-cased, after checking it is known and the band counts allow it."
+    mode = str(mode).lower()
+    if mode not in RESIDUAL_MODES:
+        raise ValueError(f"Expected `global_residual` to be one of {', '.join(RESIDUAL_MODES)} but got {mode!r}")
+    if mode != "none" and out_bands != in_bands:
+        raise ValueError(f"Expected `out_bands` to equal `in_bands` ({in_bands}) when `global_residual` is {mode!r} but got {out_bands}")
+    return mode
+
+def check_extra_channels(n)->int:
+    "Raise unless `n` (input channels beside the image) is a non-negative integer."
+    if int(n) != n or n < 0: raise ValueError(f"Expected `extra_in_channels` to be a non-negative integer but got {n!r}")
+    return int(n)
+
 class SRResNet(nn.Module):
     "SRResNet-family SR generator: `(B, in_bands, h, w)` → `(B, out_bands, h·s, w·s)`, blocks of `block_type`."
     def __init__(self,
@@ -302,6 +316,7 @@ class SRResNet(nn.Module):
                  use_icnr:bool=True, # ICNR initialisation of the pixel-shuffle convs
                  global_residual:str="none", # add the input upsampled with none, nearest, bilinear or bicubic
                  cond_dim:int=0, # size of the `cond` embedding (Model.cond_dim); 0 = unconditioned
+                 extra_in_channels:int=0, # input channels beside the image, e.g. 1 for an inpainting mask (scale 1)
                 ):
         super().__init__()
         out_bands = in_bands if out_bands is None else out_bands
@@ -311,16 +326,13 @@ class SRResNet(nn.Module):
             raise ValueError(f"Expected `n_blocks` (Generator.n_blocks) to be a non-negative integer but got {n_blocks!r}")
         check_odd(large_kernel_size, "large_kernel_size"); check_odd(small_kernel_size, "small_kernel_size")
         upsample_stages(scaling_factor)
-        global_residual = str(global_residual).lower()
-        if global_residual not in RESIDUAL_MODES:
-            raise ValueError(f"Expected `global_residual` to be one of {', '.join(RESIDUAL_MODES)} but got {global_residual!r}")
-        if global_residual != "none" and out_bands != in_bands:
-            raise ValueError(f"Expected `out_bands` to equal `in_bands` ({in_bands}) when `global_residual` is "
-                             f"{global_residual!r} but got {out_bands}")
+        global_residual = check_residual(global_residual, in_bands, out_bands)
+        check_extra_channels(extra_in_channels)
         self.in_bands, self.out_bands, self.scale = int(in_bands), int(out_bands), int(scaling_factor)
+        self.extra_in_channels = int(extra_in_channels)
         self.block_type, self.global_residual, self.cond_dim = str(block_type).lower(), global_residual, int(cond_dim)
         self.size_multiple = 1  # any input size works
-        self.head = nn.Sequential(conv(in_bands, n_channels, large_kernel_size), nn.PReLU(n_channels))
+        self.head = nn.Sequential(conv(in_bands + self.extra_in_channels, n_channels, large_kernel_size), nn.PReLU(n_channels))
         self.blocks = nn.ModuleList(make_block(block_type, n_channels, small_kernel_size, growth_channels, res_scale,
                                                reduction) for _ in range(n_blocks))
         self.films = nn.ModuleList(FiLM(cond_dim, n_channels) for _ in range(n_blocks)) if cond_dim > 0 else None
@@ -335,10 +347,12 @@ class SRResNet(nn.Module):
 # %% ../nbs/03_generators.ipynb #4854117a
 @patch_to(SRResNet)
 def forward(self,
-            x:torch.Tensor, # low-resolution input (B, in_bands, h, w)
+            x:torch.Tensor, # low-resolution input (B, in_bands + extra_in_channels, h, w)
             cond:torch.Tensor|None=None, # conditioning embedding (B, cond_dim), needed iff cond_dim > 0
            ) -> torch.Tensor: # (B, out_bands, h·scale, w·scale)
-    check_image(x, self.in_bands, "x", "Model.in_bands")
+    key = "Model.in_bands" if not self.extra_in_channels else \
+          f"Model.in_bands {self.in_bands} + Generator.extra_in_channels {self.extra_in_channels}"
+    check_image(x, self.in_bands + self.extra_in_channels, "x", key)
     check_cond(cond, self.cond_dim, x.shape[0])
     feat = self.head(x)
     h = feat
@@ -348,7 +362,7 @@ def forward(self,
         for block, film in zip(self.blocks, self.films): h = film(block(h), cond)
     out = self.tail(self.upsample(feat + self.body_tail(h)))
     if self.global_residual != "none":
-        up = F.interpolate(x, scale_factor=self.scale, mode=self.global_residual,
+        up = F.interpolate(x[:, :self.in_bands], scale_factor=self.scale, mode=self.global_residual,
                            **({} if self.global_residual == "nearest" else {"align_corners": False}))
         out = out + up
     return out
@@ -370,13 +384,14 @@ class UNetGenerator(nn.Module):
                  extra_in_channels:int=0, # channels concatenated to the image, e.g. 1 for an inpainting mask
                  cond_dim:int=0, # size of the `cond` embedding (Model.cond_dim); 0 = no FiLM
                  kernel_size:int=3, # odd kernel size of all convs
+                 global_residual:str="none", # any mode but "none": add the input image (its first `in_bands` channels) to the output
                 ):
         super().__init__()
         out_bands = in_bands if out_bands is None else out_bands
         if int(depth) != depth or depth < 1: raise ValueError(f"Expected `depth` (Generator.unet_depth) to be a positive integer but got {depth!r}")
-        if int(extra_in_channels) != extra_in_channels or extra_in_channels < 0:
-            raise ValueError(f"Expected `extra_in_channels` to be a non-negative integer but got {extra_in_channels!r}")
+        check_extra_channels(extra_in_channels)
         check_odd(kernel_size, "kernel_size")
+        self.global_residual = check_residual(global_residual, in_bands, out_bands)
         self.in_bands, self.out_bands, self.extra_in_channels = int(in_bands), int(out_bands), int(extra_in_channels)
         self.depth, self.cond_dim, self.scale, self.size_multiple = int(depth), int(cond_dim), 1, 2 ** int(depth)
         ch = [min(n_channels * 2 ** i, 8 * n_channels) for i in range(depth + 1)]
@@ -390,6 +405,8 @@ class UNetGenerator(nn.Module):
             self.dec_films = nn.ModuleList(FiLM(cond_dim, c) for c in ch[:-1])      # decoder levels 0..depth-1
         else: self.enc_films = self.dec_films = None
         self.out = conv(ch[0], out_bands, 1)
+        if global_residual != "none":  # start exactly at the input (for inpainting: its filled hole) and learn the residual
+            nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
 
     def forward(self,
                 x:torch.Tensor, # image with extra channels concatenated (B, in_bands + extra_in_channels, H, W)
@@ -410,7 +427,8 @@ class UNetGenerator(nn.Module):
         for i in range(self.depth - 1, -1, -1):
             h = self.merges[i](torch.cat([self.ups[i](h), skips[i]], dim=1))
             if self.dec_films is not None: h = self.dec_films[i](h, cond)
-        return self.out(h)
+        out = self.out(h)
+        return out + x[:, :self.in_bands] if self.global_residual != "none" else out
 
 # %% ../nbs/03_generators.ipynb #fb2514d9
 def count_parameters(model:nn.Module, # any module
@@ -434,7 +452,7 @@ def _srresnet(cfg, block_type):
     in_bands, out_bands, cond_dim = _bands(cfg)
     return SRResNet(in_bands, out_bands, g.scaling_factor, block_type, g.n_channels, g.n_blocks, g.large_kernel_size,
                     g.small_kernel_size, g.growth_channels, g.res_scale, g.reduction, g.use_icnr,
-                    g.global_residual, cond_dim)
+                    g.global_residual, cond_dim, g.extra_in_channels)
 
 @GENERATORS.register("srresnet")
 def build_srresnet(cfg, # a validated `Config` (see `gan_engine.config.load_config`)
@@ -458,7 +476,7 @@ def build_unet_generator(cfg, # a validated `Config` (see `gan_engine.config.loa
                           f"(Model.task inpaint or prompt) but got {g.scaling_factor}; use srresnet or esrgan for super-resolution")
     in_bands, out_bands, cond_dim = _bands(cfg)
     return UNetGenerator(in_bands, out_bands, g.n_channels, g.unet_depth, g.extra_in_channels, cond_dim,
-                         g.small_kernel_size)
+                         g.small_kernel_size, g.global_residual)
 
 def build_generator(cfg, # a validated `Config` (see `gan_engine.config.load_config`)
              ) -> nn.Module:

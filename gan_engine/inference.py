@@ -19,9 +19,11 @@ from fastcore.basics import patch_to
 
 from .config import Config, ConfigError, load_config, is_import_path
 from .data import resolve_value_range
-from .data import DataError, IMAGE_EXTENSIONS, list_images, probe_image, read_image
+from .images import DataError, IMAGE_EXTENSIONS, files_by_stem, list_images, probe_image, read_image
 from .normalise import build_normalisers
 from .generators import build_generator
+from .masks import MASK_KINDS, MaskGenerator, read_mask
+from .tasks import SRTask, Task, build_task
 from .checkpoint import CheckpointError, EMA_KEY, ema_state, load_state_file, read_checkpoint, state_part
 
 # %% auto #0
@@ -153,6 +155,7 @@ class Predictor:
                  config:Config|None=None, # the run's config, for reference
                  weights:str="", # which weights: "ema", "raw" or a file name, for reference
                  source:str|Path|None=None, # the checkpoint or file the weights came from
+                 task:Task|None=None, # what the generator does (None = super-resolution at `scale`)
                 ):
         if not isinstance(generator, nn.Module):
             raise TypeError(f"Expected `generator` to be an nn.Module but got {type(generator).__name__}")
@@ -169,9 +172,10 @@ class Predictor:
         self.out_bands = getattr(generator, "out_bands", None)
         self.size_multiple = int(getattr(generator, "size_multiple", 1) or 1)
         self.cond_dim, self.config, self.weights, self.source = int(cond_dim), config, weights, source
+        self.task = task if task is not None else SRTask(self.scale)
 
     def __repr__(self):
-        return (f"Predictor(scale={self.scale}, in_bands={self.in_bands}, value_range={self.value_range}, "
+        return (f"Predictor(task={self.task.name!r}, scale={self.scale}, in_bands={self.in_bands}, value_range={self.value_range}, "
                 f"device={self.device}, dtype={self.dtype}, weights={self.weights!r}, source={self.source})")
 
     @classmethod
@@ -189,7 +193,7 @@ class Predictor:
         return cls(copy.deepcopy(g), {b: copy.deepcopy(n) for b, n in module.normalisers.items()}, module.value_range,
                    device=device, dtype=dtype, in_bands=cfg.Model.in_bands if cfg is not None else None,
                    cond_dim=cfg.Model.cond_dim if cfg is not None else 0, config=cfg,
-                   weights="raw" if raw or ema is None else "ema")
+                   weights="raw" if raw or ema is None else "ema", task=getattr(module, "task", None))
 
 # %% ../nbs/13_inference.ipynb #9d7f5170
 def _as_tensor(lr, name:str="lr")->torch.Tensor:
@@ -218,23 +222,26 @@ def _cond_batch(self, cond, batch:int)->torch.Tensor|None:
     return c
 
 @patch_to(Predictor)
+def _generate(self, xn:torch.Tensor, cond:torch.Tensor|None)->torch.Tensor:
+    "The generator on a normalised input on `self.device` (padded to its size multiple), float32, cropped back."
+    h, w = xn.shape[-2:]
+    m = self.size_multiple
+    ph, pw = -h % m, -w % m
+    if ph or pw: xn = torch.nn.functional.pad(xn, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
+    c = None
+    if cond is not None:
+        c = cond.to(self.device, torch.float32)
+        if "cond" in self.normalisers: c = self.normalisers["cond"](c)
+    ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
+    with ctx: out = self.generator(xn, c) if c is not None else self.generator(xn)
+    return out.float()[..., :h * self.scale, :w * self.scale]
+
+@patch_to(Predictor)
 def _run(self, x:torch.Tensor, cond:torch.Tensor|None)->torch.Tensor:
     "(B,C,h,w) raw tensor → (B,C',h*s,w*s) raw float32 tensor on x's device."
     home = x.device
     with torch.no_grad():
-        x = x.to(self.device, torch.float32)
-        h, w = x.shape[-2:]
-        m = self.size_multiple
-        ph, pw = -h % m, -w % m
-        xn = self.normalisers["lr"](x)
-        if ph or pw: xn = torch.nn.functional.pad(xn, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-        c = None
-        if cond is not None:
-            c = cond.to(self.device, torch.float32)
-            if "cond" in self.normalisers: c = self.normalisers["cond"](c)
-        ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
-        with ctx: out = self.generator(xn, c) if c is not None else self.generator(xn)
-        out = out.float()[..., :h * self.scale, :w * self.scale]
+        out = self._generate(self.normalisers["lr"](x.to(self.device, torch.float32)), cond)
         out = self.normalisers["hr"].inverse(out)
         if self.value_range is not None: out = out.clamp(*self.value_range)
         return out.to(home)
@@ -242,20 +249,25 @@ def _run(self, x:torch.Tensor, cond:torch.Tensor|None)->torch.Tensor:
 # %% ../nbs/13_inference.ipynb #4763b7d8
 @patch_to(Predictor)
 def predict(self,
-             lr, # raw LR image (C,H,W) or batch (B,C,H,W): numpy array or tensor, in data units
+             lr, # raw input image (C,H,W) or batch (B,C,H,W): numpy array or tensor, in data units (LR for SR)
              cond=None, # conditioning embedding (E,) or (B,E), when the generator takes one (Model.cond_dim)
              tile:int|None=None, # tile size in LR pixels; None = the whole image at once
              overlap:int=16, # tile overlap in LR pixels (tile > 2 * overlap)
              batch_size:int=4, # tiles per generator call
              margin:int|None=None, # LR pixels at inner tile edges given weight 0; None = overlap // 4
-            ): # raw SR, same rank as `lr`: float32 numpy for numpy input, else a tensor on `lr`'s device
-    "Super-resolve `lr` (raw units in, raw units out), whole or in blended tiles."
+             mask=None, # inpainting: (1,H,W) or (B,1,H,W) holes, 1 = missing (numpy or tensor)
+            ): # raw output, same rank as `lr`: float32 numpy for numpy input, else a tensor on `lr`'s device
+    "Super-resolve `lr`, or inpaint its hole (raw units in, raw units out), whole or in blended tiles."
     is_np = isinstance(lr, np.ndarray)
     t = _as_tensor(lr)
     x = t[None] if t.ndim == 3 else t
     self._check_bands(x)
     c = self._cond_batch(cond, x.shape[0])
-    if tile is None:
+    if self.task.composes:
+        out = self._inpaint(x, self._mask_batch(mask, x), c, tile, overlap, batch_size, margin)
+    elif mask is not None:
+        raise ValueError(f"Expected no `mask` for a {self.task.name!r} predictor (Model.task) but got one")
+    elif tile is None:
         out = self._run(x, c)
     else:
         B = x.shape[0]
@@ -265,9 +277,43 @@ def predict(self,
     return out.cpu().numpy() if is_np else out
 
 @patch_to(Predictor)
-def __call__(self, lr, cond=None):
-    "Super-resolve raw `lr` in one piece (`predict` also tiles)."
-    return self.predict(lr, cond)
+def __call__(self, lr, cond=None, mask=None):
+    "Super-resolve raw `lr` (or inpaint it with `mask`) in one piece (`predict` also tiles)."
+    return self.predict(lr, cond, mask=mask)
+
+# %% ../nbs/13_inference.ipynb #3cbdf257
+@patch_to(Predictor)
+def _mask_batch(self, mask, x:torch.Tensor)->torch.Tensor:
+    "The mask as a (B,1,H,W) float tensor of 0 and 1 matching `x`."
+    if mask is None:
+        raise ValueError(f"Expected a `mask` (1 = hole) for the {self.task.name!r} predictor but got None")
+    m = _as_tensor(mask, "mask") if not (isinstance(mask, (np.ndarray, torch.Tensor)) and mask.ndim == 2) else \
+        _as_tensor(mask[None], "mask")
+    m = m[None] if m.ndim == 3 else m
+    B, _, H, W = x.shape
+    if m.shape[1] != 1 or m.shape[-2:] != (H, W) or m.shape[0] not in (1, B):
+        raise ValueError(f"Expected `mask` to be (1, {H}, {W}) or ({B}, 1, {H}, {W}) like the image but got {tuple(m.shape)}")
+    m = m.to(x.device, torch.float32)
+    if not ((m == 0) | (m == 1)).all():
+        raise ValueError("Expected `mask` to hold only 0 (keep) and 1 (hole) but got other values; "
+                         "read mask files with `gan_engine.masks.read_mask`")
+    return m.expand(B, 1, H, W)
+
+@patch_to(Predictor)
+def _inpaint(self, x, m, c, tile, overlap, batch_size, margin)->torch.Tensor:
+    "Fill on the whole image (so every tile sees one fill), generate whole or in tiles, composite in raw units."
+    home = x.device
+    with torch.no_grad():
+        xd, md = x.to(self.device, torch.float32), m.to(self.device)
+        gin, _ = self.task.generator_input({"hr": self.normalisers["hr"](xd), "mask": md})
+        if tile is None: out = self._generate(gin, c)
+        else:
+            B = x.shape[0]
+            fn = lambda tiles: self._generate(tiles, None if c is None else c.repeat(tiles.shape[0] // B, 1))
+            out = predict_tiled(fn, gin, 1, tile, overlap, batch_size, margin)
+        out = self.normalisers["hr"].inverse(out)
+        if self.value_range is not None: out = out.clamp(*self.value_range)
+        return self.task.compose({"hr": xd, "mask": md}, out).to(home)
 
 # %% ../nbs/13_inference.ipynb #a70bdb03
 def _describe(obj)->str:
@@ -367,9 +413,9 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
     if not trusted and (found := _import_paths(cfg)):
         raise CheckpointError(f"The config stored in '{path}' names code to import ({'; '.join(found)}); "
                               f"pass trust_imports=True if you trust this checkpoint")
-    if cfg.Model.task != "sr":
-        raise CheckpointError(f"Expected '{path}' to hold a super-resolution generator (Model.task 'sr') but got "
-                              f"Model.task {cfg.Model.task!r}")
+    if cfg.Model.task not in ("sr", "inpaint"):
+        raise CheckpointError(f"Expected '{path}' to hold a super-resolution or inpainting generator (Model.task 'sr' or "
+                              f"'inpaint') but got Model.task {cfg.Model.task!r}")
     vr = resolve_value_range(cfg, vr, read_files=False)  # given, or stored in the checkpoint, or the config's
     with torch.random.fork_rng(devices=[]): generator = build_generator(cfg)   # random init leaves the caller's RNG alone
     _load_strict(generator, gen_sd, f"{weights} generator weights" if norm_sd is not None else "generator weights", path,
@@ -380,7 +426,8 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
         raise CheckpointError(f"{e} ('{path}')") from None
     dev = device if device is not None else (map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     return Predictor(generator, normalisers, vr, scale=cfg.Generator.scaling_factor, device=dev, dtype=dtype,
-                     in_bands=cfg.Model.in_bands, cond_dim=cfg.Model.cond_dim, config=cfg, weights=weights, source=path)
+                     in_bands=cfg.Model.in_bands, cond_dim=cfg.Model.cond_dim, config=cfg, weights=weights, source=path,
+                     task=build_task(cfg))
 
 # %% ../nbs/13_inference.ipynb #4ce90352
 _PNG_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
@@ -411,13 +458,50 @@ def write_image(arr:np.ndarray, # (C,H,W) values in the output dtype
     ext = path.suffix.lower()
     if ext == ".npy": np.save(path, arr)
     elif ext in (".tif", ".tiff"):
-        from gan_engine.data import _tifffile
+        from gan_engine.images import _tifffile
         _tifffile().imwrite(path, arr[0] if arr.shape[0] == 1 else arr, photometric="minisblack")
     elif ext == ".png":
         img = arr[0] if arr.shape[0] == 1 else np.moveaxis(arr, 0, -1)
         Image.fromarray(np.ascontiguousarray(img)).save(path)
     else: raise ValueError(f"Expected `path` to end in .png, .npy, .tif or .tiff but got '{path}'")
     return path
+
+# %% ../nbs/13_inference.ipynb #d89ba92e
+def _mask_plan(predictor:Predictor, files:list[Path], masks, mask_kind, mask_seed:int, invert:bool, channels:str):
+    "A function (image file, (H, W), check_only) -> its (1,H,W) mask or None, after checking the request fits the task."
+    if not predictor.task.composes:
+        if masks is not None or mask_kind is not None:
+            raise DataError(f"Expected no masks for a {predictor.task.name!r} model (Model.task) but got "
+                            + ("masks" if masks is not None else "mask_kind") + "; masks are for inpainting models")
+        return lambda f, hw, check_only=False: None
+    if (masks is None) == (mask_kind is None):
+        raise DataError("Expected masks for the inpainting model: a mask file or folder (`masks`, --mask) or a kind of "
+                        "generated mask (`mask_kind`, --mask-kind)" + (", not both" if masks is not None else ""))
+    if masks is not None:
+        masks = Path(masks).expanduser()
+        if masks.is_dir(): by_stem = files_by_stem(list_images(masks, key="masks"), "masks")
+        elif masks.is_file():
+            if len(files) != 1: raise DataError(f"Expected a folder of masks for {len(files)} images but got the file '{masks}'")
+            by_stem = {files[0].stem: masks}
+        else: raise FileNotFoundError(f"Expected `masks` to be a mask file or folder but '{masks}' was not found")
+        def from_file(f, hw, check_only=False):
+            mf = by_stem.get(f.stem)
+            if mf is None: raise DataError(f"Expected a mask named like '{f.name}' in '{masks}' but found none")
+            if check_only:
+                (c, h, w), _ = probe_image(mf)
+                if (h, w) != tuple(hw): raise DataError(f"Expected mask `{mf}` to be {hw[0]}x{hw[1]} px like '{f.name}' but got {h}x{w}")
+                if c > 1 and channels == "error":
+                    raise DataError(f"Expected mask `{mf}` to have one channel but got {c}: pass channels any, all or first")
+                return None
+            return read_mask(mf, invert, channels, tuple(hw), f.name)
+        return from_file
+    cfg = predictor.config
+    gen = MaskGenerator.from_config(cfg) if cfg is not None else MaskGenerator()
+    kind = None if mask_kind == "mixture" else mask_kind
+    if kind is not None and kind not in MASK_KINDS:
+        raise DataError(f"Expected `mask_kind` to be mixture or one of {MASK_KINDS.names()} but got {mask_kind!r}")
+    index = {f: i for i, f in enumerate(files)}
+    return lambda f, hw, check_only=False: None if check_only else gen(*hw, rng=mask_seed + index[f], kind=kind)[0]
 
 # %% ../nbs/13_inference.ipynb #869891ee
 def _inputs(input:Path)->list[Path]:
@@ -436,11 +520,17 @@ def predict_path(predictor:Predictor, # from `load_predictor` or `Predictor.from
                  margin:int|None=None, # LR pixels at inner tile edges given weight 0; None = overlap // 4
                  suffix:str="", # added to each output's file stem
                  cond=None, # conditioning embedding (E,) for every image, when the generator takes one
+                 masks:str|Path|None=None, # inpainting: a mask file (for one input) or a folder of masks matched by stem
+                 mask_kind:str|None=None, # inpainting without mask files: generate masks of this kind ("mixture" = the run's weights)
+                 mask_seed:int=0, # seed of generated masks (image i gets mask_seed + i)
+                 invert:bool=False, # mask files: 0 marks the hole
+                 channels:str="error", # mask files with several channels: error, any, all or first
                 )->list[Path]: # the files written, in input order
-    "Super-resolve an image file or a folder of images into `output_dir`, each in its input's format."
+    "Super-resolve (or inpaint) an image file or a folder of images into `output_dir`, each in its input's format."
     if tile is not None: _check_tiling(predictor.scale, tile, overlap, margin, batch_size)   # fail before any work
     input, out_dir = Path(input).expanduser(), Path(output_dir).expanduser()
     files = _inputs(input)
+    mask_of = _mask_plan(predictor, files, masks, mask_kind, mask_seed, invert, channels)
     plan, seen = [], {}
     for f in files:                                   # check every header before writing anything
         (c, h, w), dt = probe_image(f)
@@ -453,6 +543,7 @@ def predict_path(predictor:Predictor, # from `load_predictor` or `Predictor.from
                             f"'{dest}' (rename one or pass `suffix`)")
         if dest.resolve() == f.resolve():
             raise DataError(f"Expected the output for '{f}' not to overwrite it: choose another `output_dir` or a `suffix`")
+        mask_of(f, (h, w), check_only=True)           # mask files: present, one channel (or a rule), the image's size
         seen[dest] = f; plan.append((f, dest, odt))
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"Expected `output_dir` to be a folder but '{out_dir}' is a file")
@@ -466,6 +557,10 @@ def predict_path(predictor:Predictor, # from `load_predictor` or `Predictor.from
             if mn < lo or mx > hi:
                 warnings.warn(f"'{f}' has values in [{mn:g}, {mx:g}], outside the model's value range [{lo:g}, {hi:g}]; "
                               f"its outputs are clamped to that range", UserWarning)
-        sr = predictor.predict(arr, cond=cond, tile=tile, overlap=overlap, batch_size=batch_size, margin=margin)
+        m = mask_of(f, arr.shape[-2:])
+        sr = predictor.predict(arr, cond=cond, tile=tile, overlap=overlap, batch_size=batch_size, margin=margin,
+                               mask=None if m is None else m.numpy())
         written.append(write_image(_to_dtype(sr, odt), dest))
+        if m is not None and masks is None:           # a generated mask is written beside the result
+            write_image((m.numpy() * 255).astype(np.uint8), dest.with_name(f"{dest.stem}.mask.png"))
     return written

@@ -13,7 +13,6 @@ import torch
 import lightning as L
 from fastcore.basics import patch_to
 from lightning.pytorch.trainer.states import TrainerFn
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from .config import Config, ConfigError, load_config
 from .steps import StepPlan
@@ -86,10 +85,8 @@ class GANModule(L.LightningModule):
         if self.value_range is not None: self._build_val_metrics()
 
     def _build_val_metrics(self):
-        lo, hi = self.value_range
-        self.val_psnr = PeakSignalNoiseRatio(data_range=(lo, hi), dim=(1, 2, 3))
-        self.val_psnr_bicubic = PeakSignalNoiseRatio(data_range=(lo, hi), dim=(1, 2, 3))
-        self.val_ssim = StructuralSimilarityIndexMeasure(data_range=(lo, hi))
+        "The task's validation metrics (raw units), registered so they move with the module and sync across devices."
+        self.val_metrics = torch.nn.ModuleDict(self.task.metrics(self.value_range))
         self._val_metrics_ready = True
 
 # %% ../nbs/08_module.ipynb #4e50d96e
@@ -180,15 +177,17 @@ def on_train_start(self):
 # %% ../nbs/08_module.ipynb #22574846
 @patch_to(GANModule)
 def _generate(self, batch:dict):
-    "Steps 1-3: check, normalise, run the generator once."
+    "Steps 1-3: check, normalise, run the generator once (its raw output: `task.compose` makes the task's output)."
     self.task.check_batch(batch)
     normed = self.normalise_batch(batch)
-    x, cond = self.task.generator_input(normed)
+    x, cond = self.task.generator_input(normed, train=self.training)
     sr = self.generator(x, cond) if cond is not None else self.generator(x)
     return normed, sr, cond
 
 @patch_to(GANModule)
-def _discriminate(self, x, cond, features=False):
+def _discriminate(self, x, cond, features=False, extra=None):
+    "D on `x`, with the task's extra channels (e.g. the mask) concatenated when given."
+    if extra is not None: x = torch.cat([x, extra.to(x.dtype)], 1)
     return self.discriminator(x, cond, return_features=features) if cond is not None else \
            self.discriminator(x, return_features=features)
 
@@ -224,15 +223,16 @@ def _no_sync(self, last:bool):
 # %% ../nbs/08_module.ipynb #dacd30d8
 @patch_to(GANModule)
 def _discriminator_step(self, items:list)->dict:
-    "Step 6: one discriminator update on detached generator outputs: `items` = [(fake, real, cond, share)]."
+    "Step 6: one discriminator update on detached task outputs: `items` = [(fake, real, cond, extra, share)]."
     opt_d = self._optimizers()[1]
     r1 = self.d_loss.r1_due(self.d_step)
     opt_d.zero_grad(set_to_none=True)
     logs = {}
-    for i, (fake, real, cond, share) in enumerate(items):
+    for i, (fake, real, cond, extra, share) in enumerate(items):
         real = real.detach().requires_grad_(r1)
-        real_logits, fake_logits = self._discriminate(real, cond), self._discriminate(fake, cond)
-        loss, terms = self.d_loss(real_logits, fake_logits, d_fn=lambda x: self._discriminate(x, cond), real=real, fake=fake,
+        real_logits, fake_logits = self._discriminate(real, cond, extra=extra), self._discriminate(fake, cond, extra=extra)
+        d_fn = lambda x: self._discriminate(x, cond, extra=extra)   # penalties differentiate w.r.t. the image alone
+        loss, terms = self.d_loss(real_logits, fake_logits, d_fn=d_fn, real=real, fake=fake,
                                   d_step=self.d_step)
         with self._no_sync(i == len(items) - 1):
             self.manual_backward(loss if share == 1 else loss * share)
@@ -245,19 +245,19 @@ def _discriminator_step(self, items:list)->dict:
 
 # %% ../nbs/08_module.ipynb #ced23938
 @patch_to(GANModule)
-def _generator_adversarial(self, sr:torch.Tensor, target:torch.Tensor, cond, step:int):
+def _generator_adversarial(self, sr:torch.Tensor, target:torch.Tensor, cond, step:int, extra=None):
     "Step 7: adversarial and feature-matching loss with the discriminator frozen; weights from the plan."
     plan, losses_cfg = self.plan, self.cfg.Training.Losses
     need_fm = plan.fm_weight > 0
     need_real = losses_cfg.relativistic_average_d or need_fm
     self.discriminator.requires_grad_(False)
     try:
-        out = self._discriminate(sr, cond, features=need_fm)
+        out = self._discriminate(sr, cond, features=need_fm, extra=extra)
         fake_logits, fake_feats = out if need_fm else (out, None)
         real_logits = real_feats = None
         if need_real:
             with torch.no_grad():
-                out = self._discriminate(target, cond, features=need_fm)
+                out = self._discriminate(target, cond, features=need_fm, extra=extra)
             real_logits, real_feats = out if need_fm else (out, None)
         loss, terms = self.g_loss.adversarial(fake_logits, real_logits, plan.adv_weight(step), real_feats, fake_feats,
                                               fm_weight=plan.fm_weight_at(step))
@@ -266,14 +266,22 @@ def _generator_adversarial(self, sr:torch.Tensor, target:torch.Tensor, cond, ste
     return loss, terms
 
 @patch_to(GANModule)
-def _generator_losses(self, normed, sr, cond, step:int, active:bool):
-    "Steps 4 and 7 for one (micro-)batch: reconstruction, plus adversarial terms when active."
-    target = self.task.target(normed)
-    loss, logs = self.g_loss.reconstruction(sr, target, self.task.loss_weight(normed))
+def _generator_losses(self, normed, generated, cond, step:int, active:bool):
+    "Steps 4 and 7 for one (micro-)batch: reconstruction and the task's terms, plus adversarial terms when active."
+    target, out = self.task.target(normed), self.task.compose(normed, generated)
+    loss, logs = self.g_loss.reconstruction(out, target, self.task.loss_weight(normed))
+    task_loss, task_terms = self.task.losses(normed, generated, out)
+    loss = loss + task_loss; logs.update(task_terms)
     if active:
-        adv, adv_terms = self._generator_adversarial(sr, target, cond, step)
+        adv, adv_terms = self._generator_adversarial(out, target, cond, step, self.task.discriminator_extra(normed))
         loss = loss + adv; logs.update(adv_terms)
     return loss, logs
+
+@patch_to(GANModule)
+def _judged(self, normed, generated, cond, share:float)->tuple:
+    "What the discriminator step sees of one (micro-)batch: (fake, real, cond, extra channels, share)."
+    return (self.task.compose(normed, generated.detach()), self.task.target(normed), cond,
+            self.task.discriminator_extra(normed), share)
 
 # %% ../nbs/08_module.ipynb #1a77fb17
 @patch_to(GANModule)
@@ -291,7 +299,7 @@ def training_step(self, batch:dict, batch_idx:int):
     logs = {}
     if len(parts) == 1:                                  # the generator runs once (steps 1-3)
         normed, sr, cond = self._generate(batch)
-        if d_due: logs.update(self._discriminator_step([(sr.detach(), self.task.target(normed), cond, 1.0)]))
+        if d_due: logs.update(self._discriminator_step([self._judged(normed, sr, cond, 1.0)]))
         loss, terms = self._generator_losses(normed, sr, cond, step, active)
         logs.update(terms)
         opt_g.zero_grad(set_to_none=True)
@@ -302,7 +310,7 @@ def training_step(self, batch:dict, batch_idx:int):
                 fakes = []
                 for part, share in parts:
                     normed, sr, cond = self._generate(part)
-                    fakes.append((sr, self.task.target(normed), cond, share))
+                    fakes.append(self._judged(normed, sr, cond, share))
             logs.update(self._discriminator_step(fakes))
         opt_g.zero_grad(set_to_none=True)
         loss = 0.0
@@ -383,7 +391,7 @@ def setup(self, stage:str):
                           f"(gan_engine's fit and build_trainer do)" if not self.adversarial else
                           "with a discriminator gan_engine accumulates itself; leave Trainer(accumulate_grad_batches=1)"))
     if stage == "fit":
-        for b in ("lr", "hr"):
+        for b in self.task.branches:
             n = self.normalisers[b]
             if getattr(n, "needs_fit", False):
                 if dm is None or getattr(dm, "train_dataset", None) is None and not hasattr(dm, "setup"):
@@ -404,31 +412,33 @@ def configure_callbacks(self):
 # %% ../nbs/08_module.ipynb #8f698378
 @patch_to(GANModule)
 def validation_step(self, batch:dict, batch_idx:int):
-    normed, sr, cond = self._generate(batch)
-    _, terms = self.g_loss.reconstruction(sr, self.task.target(normed), self.task.loss_weight(normed))
+    normed, generated, cond = self._generate(batch)
+    out = self.task.compose(normed, generated)
+    _, terms = self.g_loss.reconstruction(out, self.task.target(normed), self.task.loss_weight(normed))
+    terms.update(self.task.losses(normed, generated, out)[1])
     self.log_dict({f"val/{k}": v for k, v in terms.items() if not k.endswith("_w")}, on_step=False, on_epoch=True,
-                  batch_size=len(sr), sync_dist=True)
+                  batch_size=len(out), sync_dist=True)
     if self.value_range is None:
         raise ConfigError("Data.value_range: unknown, so PSNR/SSIM cannot be computed; set Data.value_range or "
                           "train with a GANDataModule")
     lo, hi = self.value_range
-    out = self.denormalise(sr.float()).clamp(lo, hi)
-    hr = batch["hr"].float()
-    self.val_psnr.update(out, hr); self.val_ssim.update(out, hr)
-    self.val_psnr_bicubic.update(self.task.baseline(batch).clamp(lo, hi), hr)
-    self.log_dict({"val/psnr": self.val_psnr, "val/ssim": self.val_ssim, "val/psnr_bicubic": self.val_psnr_bicubic},
-                  on_step=False, on_epoch=True, batch_size=len(sr))
-    self._keep_panels(batch, out)
-    return {"sr": out, "hr": hr, "lr": batch["lr"]}  # raw units, for extra validation callbacks
+    raw = self.denormalise(generated.float()).clamp(lo, hi)
+    image = self.task.compose(batch, raw)          # raw units; inpainting keeps the known pixels exactly
+    baselines = {k: v.float().clamp(lo, hi) for k, v in self.task.baselines(batch).items()}
+    self.task.update_metrics(self.val_metrics, batch, image, baselines)
+    self.log_dict({f"val/{k}": m for k, m in self.val_metrics.items()}, on_step=False, on_epoch=True, batch_size=len(image))
+    self._keep_panels(batch, image, raw if self.task.composes else None)
+    # raw units, for extra validation callbacks
+    return {"sr": image, "hr": batch["hr"].float(), **{k: batch[k] for k in ("lr", "mask") if k in batch}}
 
 @patch_to(GANModule)
 def on_validation_epoch_start(self): self._panels_kept = 0
 
 @patch_to(GANModule)
-def _keep_panels(self, batch, out):
+def _keep_panels(self, batch, out, generated=None):
     n = self.cfg.Logging.num_val_images - self._panels_kept
     if n <= 0: return
-    new = {k: v[:n].detach().float().cpu() for k, v in self.task.panels(batch, out).items()}
+    new = {k: v[:n].detach().float().cpu() for k, v in self.task.panels(batch, out, generated).items()}
     self.val_panels = new if self._panels_kept == 0 else {k: torch.cat([self.val_panels[k], v]) for k, v in new.items()}
     self._panels_kept += len(next(iter(new.values())))
 
@@ -467,23 +477,26 @@ def _feed_plateau(self):
 
 # %% ../nbs/08_module.ipynb #a5032e4d
 @patch_to(GANModule)
-def forward(self, lr:torch.Tensor, # raw LR images (B,C,h,w), in data units
+def forward(self, lr:torch.Tensor, # raw input images (B,C,h,w), in data units: LR for sr, the image for inpaint
             cond:torch.Tensor|None=None, # optional conditioning embedding (B,E), raw
             raw:bool=False, # use the training weights even when EMA is on
+            mask:torch.Tensor|None=None, # (B,1,h,w) holes, 1 = missing (inpaint)
            )->torch.Tensor:
-    "Raw-unit prediction: normalise, run the EMA generator (or the raw one), denormalise."
+    "Raw-unit prediction: normalise, run the EMA generator (or the raw one), denormalise, compose."
     g = self.generator if raw or self.ema is None else self.ema.module
-    x = self.normalisers["lr"](lr)
-    c = self.normalisers["cond"](cond) if cond is not None else None
+    batch = {self.task.input_branch: lr, **({"cond": cond} if cond is not None else {}),
+             **({"mask": mask} if mask is not None else {})}
+    if "hr" in batch: self.task.check_batch(batch)   # inpainting: the image and its mask
+    x, c = self.task.generator_input(self.normalise_batch(batch))
     dev = next(g.parameters()).device
     out = g(x.to(dev), c.to(dev)) if c is not None else g(x.to(dev))
-    return self.denormalise(out.to(lr.device))
+    return self.task.compose(batch, self.denormalise(out.to(lr.device)))
 
 @patch_to(GANModule)
 def predict_step(self, batch, batch_idx:int):
-    "SR output in raw units for `batch['lr']` (EMA weights when EMA is on)."
-    lr = batch["lr"] if isinstance(batch, dict) else batch
-    return self(lr, batch.get("cond") if isinstance(batch, dict) else None)
+    "The task's output in raw units for a batch (EMA weights when EMA is on): SR of `lr`, or the composite of `hr` and `mask`."
+    if not isinstance(batch, dict): return self(batch)
+    return self(batch[self.task.input_branch], batch.get("cond"), mask=batch.get("mask"))
 
 # %% ../nbs/08_module.ipynb #1b703908
 @patch_to(GANModule)

@@ -65,7 +65,7 @@ def import_object(path:str, # "package.module:attribute"
 PROVIDERS = {  # the module that registers the built-ins of each kind of component
     "generator": "gan_engine.generators", "discriminator": "gan_engine.discriminators",
     "normaliser": "gan_engine.normalise", "task": "gan_engine.tasks",
-    "extra validation callback": "gan_engine.callbacks"}
+    "extra validation callback": "gan_engine.callbacks", "mask kind": "gan_engine.masks"}
 
 _REGISTRIES: dict = {}   # kind -> Registry, filled as registries are made
 

@@ -104,8 +104,9 @@ def overlay_mask(rgb:np.ndarray, # (H,W,3) float in [0,1]
 def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images in raw units
                   value_range=(0.0, 1.0), # (low, high) of the raw data
                   bands:Sequence[int]|None=None, # 1 or 3 band indices shown as RGB (None = first 3)
-                  error_keys:Sequence[str]=("|sr - hr|", "error"), # panels shown as error maps
+                  error_keys:Sequence[str]=("|sr - hr|", "error", "|error| in hole"), # panels shown as error maps
                   pad:int=2, # pixels between tiles
+                  mask_keys:Sequence[str]=("mask",), # panels holding masks in [0, 1] (shown black and white)
                  )->np.ndarray:
     "An (H,W,3) uint8 grid: one row per sample, one column per panel, a fixed band mapping."
     if not panels: raise ValueError("Expected at least one panel but got none")
@@ -119,8 +120,8 @@ def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images 
         for i in range(n):
             x = panels[name][i].float()
             if x.shape[-2:] != (H, W): x = torch.nn.functional.interpolate(x[None], size=(H, W), mode="nearest")[0]
-            rng = (0.0, 0.25 * (hi - lo)) if name in error_keys else (lo, hi)
-            b = bands if bands is not None else ((0, 1, 2) if x.shape[0] >= 3 else (0, 0, 0))
+            rng = (0.0, 0.25 * (hi - lo)) if name in error_keys else (0.0, 1.0) if name in mask_keys else (lo, hi)
+            b = bands if bands is not None and x.shape[0] > max(bands) else ((0, 1, 2) if x.shape[0] >= 3 else (0, 0, 0))
             grid[i * (H + pad):i * (H + pad) + H, j * (W + pad):j * (W + pad) + W] = bands_to_rgb(x, b, rng)
     return (grid * 255).round().astype(np.uint8)
 

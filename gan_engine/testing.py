@@ -25,6 +25,7 @@ __all__ = ['tiny_config', 'fit_tiny']
 # %% ../nbs/15_testing.ipynb #c584500a
 def tiny_config(samples:str|Path|None=None, # the shipped data_samples folder (found if None)
                 overrides:Sequence[str]=(), # dotted KEY=VALUE overrides
+                task:str="sr", # sr (x2) or inpaint (16-px crops, a 2-level U-Net, generated masks)
                )->Config:
     "A seconds-long CPU config on `data_samples/sr`, for tests and docs."
     s = Path(samples) if samples is not None else find_samples()
@@ -37,6 +38,11 @@ def tiny_config(samples:str|Path|None=None, # the shipped data_samples folder (f
             "Schedulers": {"decay": "none"}, "Logging": {"num_val_images": 2},
             "Trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
                         "num_sanity_val_steps": 0}}
+    if task == "inpaint":
+        base["Model"] = {"task": "inpaint"}
+        base["Data"].update(lr_patch_size=16, masks={"hole_area": [0.1, 0.3]})
+        base["Generator"] = {"n_channels": 8, "unet_depth": 2}
+    elif task != "sr": raise ValueError(f"Expected `task` to be 'sr' or 'inpaint' but got {task!r}")
     return load_config(base, overrides)
 
 # %% ../nbs/15_testing.ipynb #1564a04a

@@ -291,7 +291,7 @@ class StopOnRequest(L.Callback):
         if not requested or self.saved is not None: return
         trainer.should_stop = True
         path = Path(trainer.strategy.broadcast(str(self._folder(trainer) / f"stopped-step={trainer.global_step}.ckpt"), src=0))
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)   # a full checkpoint: training resumes from it
         if trainer.is_global_zero:  # the raw and EMA generator weights beside it, as for every checkpoint
             ck = next((c for c in trainer.checkpoint_callbacks if isinstance(c, GANCheckpoint)), None)
             write_weight_files(read_checkpoint(path), path, weights_format=ck.weights_format if ck else "pt")

@@ -14,10 +14,11 @@ import ipywidgets as W
 from fastcore.basics import patch_to
 
 from .capture import Capture, SampleCapture, find_capture
+from .masks import MASK_KINDS
 from .render import bands_to_rgb, crop_region, error_rgb, loss_plot_png, overlay_mask, stretch_limits, to_png
 
 # %% auto #0
-__all__ = ['Inspector', 'LiveTraining', 'live_training']
+__all__ = ['PLACED_BOX', 'MIXTURE', 'Inspector', 'LiveTraining', 'live_training']
 
 # %% ../nbs/12_widgets.ipynb #b14af09a
 def _bounds(slider, lo, hi, value):
@@ -25,6 +26,10 @@ def _bounds(slider, lo, hi, value):
     slider.max = max(slider.max, hi); slider.min = lo; slider.max = hi; slider.value = value
 
 _PANELS = {"lr": "LR (bicubic)", "sr": "SR", "hr": "HR", "error": "|SR − HR|", "mask": "mask on HR"}
+_INPAINT_PANELS = {"lr": "masked input", "mask": "mask on target", "gen": "output", "sr": "composite", "hr": "target",
+                   "error": "|error| in hole"}
+_ALL_PANELS = [*_PANELS, "gen"]
+PLACED_BOX, MIXTURE = "placed box", "mixture"
 
 class Inspector:
     "ipywidgets view of captured samples: LR/SR/HR/error (+mask, prompt) with metrics, per step and sample."
@@ -38,7 +43,7 @@ class Inspector:
         self._init_bands, self._band_names = bands, band_names
         self._entries: list[Capture] = []
         self._lock = threading.RLock()
-        self._hold = False
+        self._hold, self._follow = False, False
         self._configured = False
         self.renders = 0
         self._build_controls(error_scale)
@@ -77,17 +82,33 @@ def _build_controls(self, error_scale:float):
     for w in (self.sample, self.step, self.weights, *self.rgb, self.stretch, self.limits, self.percentiles,
               self.zoom, self.x, self.y, self.error_max):
         w.observe(self._changed, names="value")
+    self._build_mask_controls()
+
+@patch_to(Inspector)
+def _build_mask_controls(self):
+    "Inpainting: a mask kind, a placed box's four sliders and the New mask button (hidden for other tasks)."
+    self.mask_kind = W.Dropdown(description="new mask", options=[MIXTURE], layout=W.Layout(width="210px"))
+    self.box = [W.IntSlider(description=d, min=0, max=1, value=0, layout=W.Layout(width="200px"))
+                for d in ("box x", "box y", "box w", "box h")]
+    self.box_row = W.HBox(self.box, layout=W.Layout(display="none"))
+    self.new_mask_button = W.Button(description="New mask", icon="refresh",
+                                    tooltip="give the shown sample this mask and run the current generator on it")
+    self.new_mask_button.add_class("gan-engine-new-mask")
+    self.new_mask_button.on_click(lambda _: self.new_mask())
+    self.mask_kind.observe(lambda _: self._show_box(), names="value")
+    self.mask_row = W.VBox([W.HBox([self.mask_kind, self.new_mask_button]), self.box_row],
+                           layout=W.Layout(display="none"))
 
 @patch_to(Inspector)
 def _build_panels(self, display_size:int):
     "One titled image per panel kind; `panels` shows those the samples have."
     self.images = {k: W.Image(format="png", layout=W.Layout(width=f"{display_size}px", height=f"{display_size}px",
                                                             object_fit="contain"))
-                   for k in _PANELS}
+                   for k in _ALL_PANELS}
     for k, im in self.images.items(): im.add_class(f"gan-engine-{k}")   # CSS hooks (the browser test finds them)
-    self.titles = {k: W.HTML(f"<b>{t}</b>") for k, t in _PANELS.items()}
+    self.titles = {k: W.HTML(f"<b>{_PANELS.get(k, _INPAINT_PANELS.get(k))}</b>") for k in _ALL_PANELS}
     self._boxes = {k: W.VBox([self.titles[k], self.images[k]], layout=W.Layout(margin="0 6px 0 0"))
-                   for k in _PANELS}
+                   for k in _ALL_PANELS}
     self.panels = W.HBox([])
     self.metrics = W.HTML()
     self.prompt = W.HTML(layout=W.Layout(display="none"))
@@ -99,7 +120,7 @@ def _assemble(self):
     label = lambda t: W.Label(t, layout=W.Layout(margin="0 4px 0 16px"))
     controls = W.VBox([W.HBox([self.sample, self.step, self.step_label, label("weights"), self.weights]),
                        W.HBox([*self.rgb, label("stretch"), self.stretch, self.limits, self.percentiles]),
-                       W.HBox([self.zoom, self.x, self.y, self.error_max])])
+                       W.HBox([self.zoom, self.x, self.y, self.error_max]), self.mask_row])
     self.widget = W.VBox([self.message, controls, W.HBox([self.panels, self.metrics]), self.prompt],
                          layout=W.Layout(width="auto"))
     self.widget.add_class("gan-engine-inspector")
@@ -134,7 +155,8 @@ def state(self)->dict:
             "stretch": self.stretch.value,
             "limits": tuple(self.limits.value if self.stretch.value == "range" else self.percentiles.value),
             "region": self.region, "error_max": self.error_max.value, "panels": self.visible_panels,
-            "prompt": self.prompt.layout.display != "none"}
+            "prompt": self.prompt.layout.display != "none", "note": e.note if e else "",
+            "mask_kind": self.mask_kind.value if self.mask_row.layout.display != "none" else None}
 
 # %% ../nbs/12_widgets.ipynb #568b6891
 @patch_to(Inspector)
@@ -147,7 +169,8 @@ def refresh(self)->int:
     with self._lock:
         entries = list(self.capture.entries)
         old_step = self.entry.step if self.entry else None
-        follow = not self._entries or self.step.value == len(self._entries) - 1
+        follow = not self._entries or self.step.value == len(self._entries) - 1 or self._follow
+        if len(entries) > len(self._entries): self._follow = False   # (a requested new mask arrived)
         self._hold = True
         try:
             self._entries = entries
@@ -182,6 +205,10 @@ def _configure(self, e:Capture):
     S = min(H, Wd)
     _bounds(self.zoom, min(4, S), S, S)
     self.weights.disabled = not e.has_raw
+    if e.mask is not None:
+        self.mask_kind.options = [MIXTURE, *MASK_KINDS.names(), PLACED_BOX]
+        for s, top, v in zip(self.box, (Wd - 1, H - 1, Wd, H), (Wd // 4, H // 4, Wd // 3, H // 3)): _bounds(s, s.min if s.description in ("box x", "box y") else 1, top, v)
+        self.mask_row.layout.display = None
     self._sync_region()
     self._configured = True
 
@@ -192,6 +219,27 @@ def _sync_region(self):
     H, Wd = e.hr.shape[-2:]
     s = self.zoom.value
     self.x.max, self.y.max = max(0, Wd - s), max(0, H - s)
+
+# %% ../nbs/12_widgets.ipynb #c53c6b0d
+@patch_to(Inspector)
+def _show_box(self):
+    self.box_row.layout.display = None if self.mask_kind.value == PLACED_BOX else "none"
+
+@patch_to(Inspector)
+def new_mask(self)->Capture|None:
+    "Give the shown sample a new mask of the chosen kind (or the placed box) and show the generator's result."
+    kind = self.mask_kind.value
+    box = tuple(s.value for s in self.box) if kind == PLACED_BOX else None
+    try:
+        e = self.capture.new_mask(sample=self.sample.value, kind=None if kind in (MIXTURE, PLACED_BOX) else kind, box=box)
+    except ValueError as err:   # shown, not swallowed by the widget machinery
+        self.message.value = f"<span style='color:#cf222e'>{html.escape(str(err))}</span>"; return None
+    self._follow = True
+    if e is None:
+        self.message.value = "<i>New mask queued: it appears after the next training step.</i>"
+        return None
+    self.refresh()
+    return e
 
 # %% ../nbs/12_widgets.ipynb #a18f324d
 @patch_to(Inspector)
@@ -209,20 +257,27 @@ def render(self):
         try: self._sync_region()
         finally: self._hold = hold
         self.stretch_sliders()
-        self.step_label.value = f"step {e.step} ({self.step.value + 1}/{len(self._entries)})"
+        self.step_label.value = f"step {e.step} ({self.step.value + 1}/{len(self._entries)})" + (f" · {e.note}" if e.note else "")
         i, raw, bands, reg = self.sample.value, self.raw and e.has_raw, list(self.bands), self.region
         lo, hi = self.capture.value_range or (float(e.hr.min()), float(e.hr.max()))
         sr = e.output(raw)[i]
-        views = {"lr": crop_region(e.lr_up[i], reg), "sr": crop_region(sr, reg), "hr": crop_region(e.hr[i], reg)}
+        inpaint = e.generated is not None
+        views = {"lr": crop_region(e.lr[i] if inpaint else e.lr_up[i], reg), "sr": crop_region(sr, reg),
+                 "hr": crop_region(e.hr[i], reg)}
+        if inpaint: views["gen"] = crop_region(e.generator_output(raw)[i], reg)
         s_lo, s_hi = stretch_limits(views["hr"], bands, self.stretch.value,
                                     self.limits.value if self.stretch.value == "range" else self.percentiles.value)
         rgb = {k: bands_to_rgb(v, bands, (s_lo, s_hi)) for k, v in views.items()}
-        rgb["error"] = error_rgb((views["sr"] - views["hr"]).abs(), self.error_max.value * (hi - lo))
+        err = (views["sr"] - views["hr"]).abs()
+        if inpaint: err = err * crop_region(e.mask[i], reg)
+        rgb["error"] = error_rgb(err, self.error_max.value * (hi - lo))
         if e.mask is not None: rgb["mask"] = overlay_mask(rgb["hr"], crop_region(e.mask[i], reg))
         self.png = {k: to_png(v, self.display_size) for k, v in rgb.items()}
         for k, b in self.png.items(): self.images[k].value = b
-        self.titles["sr"].value = f"<b>SR ({'raw' if raw else 'EMA' if e.has_raw else 'generator'})</b>"
-        self.panels.children = [self._boxes[k] for k in _PANELS if k in self.png]
+        names, weights = (_INPAINT_PANELS if inpaint else _PANELS), ('raw' if raw else 'EMA' if e.has_raw else 'generator')
+        for k, t in names.items(): self.titles[k].value = f"<b>{t}</b>"
+        self.titles["gen" if inpaint else "sr"].value = f"<b>{names['gen' if inpaint else 'sr']} ({weights})</b>"
+        self.panels.children = [self._boxes[k] for k in names if k in self.png]
         self.metrics.value = self._metrics_html(e, i, raw)
         if e.prompt is not None:
             self.prompt.value = f"<b>prompt:</b> {html.escape(str(e.prompt[i]))}"
@@ -239,11 +294,15 @@ def stretch_sliders(self):
 @patch_to(Inspector)
 def _metrics_html(self, e:Capture, i:int, raw:bool)->str:
     m, sfx = e.metrics, "_raw" if raw else ""
-    rows = [("SR", m[f"psnr{sfx}"][i], m[f"ssim{sfx}"][i]), ("bicubic", m["psnr_baseline"][i], m["ssim_baseline"][i])]
-    body = "".join(f"<tr><td>{n}</td><td>{float(p):.2f}</td><td>{float(s):.4f}</td></tr>" for n, p, s in rows)
+    cols = ["psnr", "ssim"] + (["psnr_hole", "ssim_hole"] if "psnr_hole" in m else [])
+    names = ("composite", "mean fill") if e.generated is not None else ("SR", "bicubic")
+    rows = [(names[0], [m[f"{c}{sfx}"][i] for c in cols]), (names[1], [m[f"{c}_baseline"][i] for c in cols])]
+    fmt = lambda c, v: f"{float(v):.2f}" if c.startswith("psnr") else f"{float(v):.4f}"
+    body = "".join(f"<tr><td>{n}</td>" + "".join(f"<td>{fmt(c, v)}</td>" for c, v in zip(cols, vs)) + "</tr>" for n, vs in rows)
+    head = "".join(f"<th>{c.replace('_hole', ' hole').upper().replace(' HOLE', ' hole')}</th>" for c in cols)
     lr = f"<br>lr_g {e.lr_g:.2e}" if e.lr_g is not None else ""
     return (f"<div style='padding-left:8px'><b>step {e.step}</b>, sample {i}{lr}"
-            f"<table><tr><th></th><th>PSNR</th><th>SSIM</th></tr>{body}</table></div>")
+            f"<table><tr><th></th>{head}</tr>{body}</table></div>")
 
 # %% ../nbs/12_widgets.ipynb #1a4b576c
 class LiveTraining:
@@ -335,7 +394,10 @@ def refresh(self):
         df = self.session.metrics
         rows = (len(df), tuple(df.columns)) if df is not None else None
         if rows != self._plot_rows or self.plot.value == b"":
-            self.plot.value = loss_plot_png(df); self._plot_rows = rows
+            inpaint = getattr(getattr(self.module, "task", None), "name", "") == "inpaint"
+            keys = dict(loss_keys=("train/loss_g", "train/hole_l1", "train/loss_d"),
+                        val_keys=("val/psnr_hole", "val/psnr_hole_meanfill", "val/psnr_hole_biharmonic")) if inpaint else {}
+            self.plot.value = loss_plot_png(df, **keys); self._plot_rows = rows
         self.inspector.refresh()
 
 @patch_to(LiveTraining)
