@@ -84,7 +84,7 @@ def _preview(cfg:Config, out:Path)->list[str]:
     def panels(b):
         if "mask" in b: return {"image": b["hr"][:n], "masked input": task.shown_input(b)[:n], "mask": b["mask"][:n]}
         return {"LR": F.interpolate(b["lr"][:n].float(), size=b["hr"].shape[-2:], mode="nearest"), "HR": b["hr"][:n]}
-    grids = [render_panels(panels(b), dm.value_range, cfg.Logging.display_bands) for _, b in batches]
+    grids = [render_panels(panels(b), dm.value_range, cfg.Logging.display_bands, labels=True) for _, b in batches]
     width = max(g.shape[1] for g in grids)
     gap = np.full((8, width, 3), 255, np.uint8)
     sheet = np.concatenate([x for g in grids for x in (np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)),

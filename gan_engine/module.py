@@ -447,7 +447,7 @@ def on_validation_epoch_end(self):
     n, last = self.cfg.Logging.images_every_n_steps, getattr(self, "_last_image_step", None)
     if self.trainer.sanity_checking or not n or not self.val_panels or not self.loggers: return
     if last is not None and self.g_step - last < n: return
-    grid = render_panels(self.val_panels, self.value_range, self.cfg.Logging.display_bands)
+    grid = render_panels(self.val_panels, self.value_range, self.cfg.Logging.display_bands, labels=True)
     log_images(self.loggers, "val/panels", grid, self.g_step, caption=" | ".join(self.val_panels))
     self._last_image_step = self.g_step
 

@@ -107,6 +107,8 @@ def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images 
                   error_keys:Sequence[str]=("|sr - hr|", "error", "|error| in hole"), # panels shown as error maps
                   pad:int=2, # pixels between tiles
                   mask_keys:Sequence[str]=("mask",), # panels holding masks in [0, 1] (shown black and white)
+                  labels:bool=False, # a header row naming each column (tiles enlarged to at least `min_tile` px for it)
+                  min_tile:int=96, # with labels: enlarge tiles (nearest, integer factor) to at least this width
                  )->np.ndarray:
     "An (H,W,3) uint8 grid: one row per sample, one column per panel, a fixed band mapping."
     if not panels: raise ValueError("Expected at least one panel but got none")
@@ -123,7 +125,26 @@ def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images 
             rng = (0.0, 0.25 * (hi - lo)) if name in error_keys else (0.0, 1.0) if name in mask_keys else (lo, hi)
             b = bands if bands is not None and x.shape[0] > max(bands) else ((0, 1, 2) if x.shape[0] >= 3 else (0, 0, 0))
             grid[i * (H + pad):i * (H + pad) + H, j * (W + pad):j * (W + pad) + W] = bands_to_rgb(x, b, rng)
-    return (grid * 255).round().astype(np.uint8)
+    out = (grid * 255).round().astype(np.uint8)
+    return _labelled(out, names, H, W, pad, min_tile) if labels else out
+
+# %% ../nbs/10a_render.ipynb #e24ae98e
+def _labelled(grid:np.ndarray, names:Sequence[str], H:int, W:int, pad:int, min_tile:int)->np.ndarray:
+    "The grid with tiles enlarged to `min_tile` px (nearest) and a white header row naming each column."
+    from PIL import ImageDraw, ImageFont
+    f = max(1, -(-min_tile // W))
+    rows = (grid.shape[0] + pad) // (H + pad)
+    tiles = [[grid[i * (H + pad):i * (H + pad) + H, j * (W + pad):j * (W + pad) + W] for j in range(len(names))]
+             for i in range(rows)]
+    big = np.full((rows * (H * f + pad) - pad, len(names) * (W * f + pad) - pad, 3), 255, np.uint8)
+    for i, row in enumerate(tiles):
+        for j, t in enumerate(row):
+            big[i * (H * f + pad):i * (H * f + pad) + H * f, j * (W * f + pad):j * (W * f + pad) + W * f] = \
+                t.repeat(f, 0).repeat(f, 1)
+    head = Image.new("RGB", (big.shape[1], 14), "white")
+    draw, font = ImageDraw.Draw(head), ImageFont.load_default()
+    for j, name in enumerate(names): draw.text((j * (W * f + pad) + 2, 1), str(name), fill="black", font=font)
+    return np.concatenate([np.asarray(head), big])
 
 # %% ../nbs/10a_render.ipynb #ed71a304
 def loss_plot_png(df, # the metric DataFrame (index = step), e.g. `DataFrameLogger.df`

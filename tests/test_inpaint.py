@@ -303,7 +303,7 @@ def test_cli_preset_inpaint_trains_validates_and_previews(tmp_path, capsys, monk
     assert main(["preview", "--preset", "inpaint", f"Logging.output_dir={tmp_path}/pv"]) == 0
     out = capsys.readouterr().out
     assert "columns: image, masked input, mask" in out and "mask (8, 1, 64, 64)" in out
-    assert Image.open(tmp_path / "pv" / "preview.png").size[0] == 3 * 64 + 2 * 2
+    assert Image.open(tmp_path / "pv" / "preview.png").size[0] == 3 * 128 + 2 * 2          # labelled columns, tiles x2
     assert main(["train", "--preset", "inpaint", "--config", "x.yaml"]) == 2
 
 
