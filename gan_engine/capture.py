@@ -16,9 +16,10 @@ from fastcore.basics import patch_to
 
 from .masks import MASK_KINDS, MaskGenerator, check_hole
 from .tasks import image_metrics
+from .shapes import ATTRIBUTES, check_batch as read_shapes, parse_prompt
 
 # %% auto #0
-__all__ = ['Capture', 'sample_metrics', 'SampleCapture', 'find_capture']
+__all__ = ['Capture', 'sample_metrics', 'SampleCapture', 'find_capture', 'PromptTry']
 
 # %% ../nbs/12_capture.ipynb #48dc41b0
 @dataclass(frozen=True, eq=False)
@@ -27,7 +28,7 @@ class Capture:
     step: int # generator step (`module.g_step`)
     lr_g: float|None # generator learning rate at that step
     lr: torch.Tensor # (K,C,h,w) the input as shown: LR for SR, the image with its hole filled for inpainting
-    lr_up: torch.Tensor # (K,C,H,W) the task's baseline (bicubic for SR, mean fill for inpainting), clamped to the value range
+    lr_up: torch.Tensor|None # (K,C,H,W) the task's baseline (bicubic for SR, mean fill for inpainting), clamped to the value range; None without one (generation from a prompt)
     hr: torch.Tensor # (K,C,H,W) target
     sr: torch.Tensor # (K,C,H,W) the task's output with the EMA weights (the live weights when EMA is off): SR, or the composite
     sr_raw: torch.Tensor|None # (K,C,H,W) the same with the live weights when EMA is on, else None
@@ -102,8 +103,9 @@ class SampleCapture(L.Callback):
         self._baseline = None  # (lr_up, metrics): the same for every entry, computed once
         self.module = None  # the module last recorded (the one training, once it has started)
         self.training = False  # between on_train_start and on_train_end: new masks wait for the training thread
-        self._pending: list = []  # new-mask requests for the training thread
+        self._pending: list = []  # new-mask and typed-prompt requests for the training thread
         self._mask_seed = 0  # seeds of the masks `new_mask` draws
+        self.prompt_tries: list = []  # typed prompts and what the generator made of them (`try_prompt`)
         self.value_range: tuple[float, float]|None = None
         self.hook_error: BaseException|None = None
         self.thinned = 0  # how many times the history was thinned
@@ -158,18 +160,19 @@ def batch_from_loader(self, loader)->dict|None:
 
 # %% ../nbs/12_capture.ipynb #8a5410f5
 @patch_to(SampleCapture)
-def _run(self, module, ema:bool)->torch.Tensor:
+def _run(self, module, ema:bool, inputs:Mapping|None=None)->torch.Tensor:
     "The generator's own output in raw units on the fixed batch (EMA or live weights), eval mode, no gradients."
     g = module.ema.module if ema and getattr(module, "ema", None) is not None else module.generator
     dev = _device(module, torch.device("cpu"))
     gdev = _device(g, dev)
-    batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in self.inputs.items()}
+    batch = {k: (v.to(dev) if isinstance(v, torch.Tensor) else v) for k, v in (inputs or self.inputs).items()}
     was = g.training
     g.eval()
     try:
         normed = module.normalise_batch(batch)
         x, cond = module.task.generator_input(normed)
-        out = g(x.to(gdev), cond.to(gdev)) if cond is not None else g(x.to(gdev))
+        cond = cond.to(gdev) if isinstance(cond, torch.Tensor) else cond   # prompts (a list) stay as they are
+        out = g(x.to(gdev), cond) if cond is not None else g(x.to(gdev))
     finally: g.train(was)
     return module.denormalise(out.to(dev).float()).cpu()
 
@@ -190,8 +193,9 @@ def record(self, module, # a GANModule (or anything with generator, ema, task, n
     self.value_range, self.module, task = (lo, hi), module, module.task
     inp = self.inputs
     if self._baseline is None:
-        up = task.baseline(inp).float().clamp(lo, hi).cpu()
-        self._baseline = (up, task.sample_metrics(up, inp, (lo, hi)), task.shown_input(inp).float().cpu())
+        base = task.baselines(inp)   # none for generation from a prompt
+        up = next(iter(base.values())).float().clamp(lo, hi).cpu() if base else None
+        self._baseline = (up, task.sample_metrics(up, inp, (lo, hi)) if up is not None else {}, task.shown_input(inp).float().cpu())
     lr_up, base_metrics, shown = self._baseline
     has_ema = getattr(module, "ema", None) is not None
     gen = self._run(module, ema=True).clamp(lo, hi)
@@ -316,6 +320,65 @@ def _apply_mask(self, module, request, step:int|None=None, lr_g:float|None=None)
 
 @patch_to(SampleCapture)
 def _serve_pending(self, module, step:int, lr_g:float|None):
-    "Apply the queued new masks (training thread)."
+    "Apply the queued new masks and typed prompts (training thread)."
     with self._lock: pending, self._pending = self._pending, []
-    for request in pending: self._apply_mask(module, request, step, lr_g)
+    for request in pending:
+        if isinstance(request, tuple): self._apply_mask(module, request, step, lr_g)   # (sample, mask, note)
+        else: self._run_prompt(module, request, step)                                # a typed prompt
+
+# %% ../nbs/12_capture.ipynb #d94db32c
+@dataclass(frozen=True, eq=False)
+class PromptTry:
+    "A typed prompt and what the generator made of it."
+    step: int # generator step of the weights used
+    prompt: str # the prompt as typed
+    seed: int # the noise seed (generation from noise)
+    image: torch.Tensor # (N,C,H,W) raw units: EMA weights (the live ones when EMA is off)
+    image_raw: torch.Tensor|None # the same with the live weights when EMA is on
+    readings: list|None # captioned shapes: the checker's reading of each image (EMA weights)
+    matches: dict|None # captioned shapes: attribute -> read back as the prompt says (first image), when the prompt names it
+
+@dataclass(frozen=True)
+class _PromptRequest:
+    prompt: str
+    seed: int
+
+@patch_to(SampleCapture)
+def try_prompt(self,
+               prompt:str, # any text ("" = unconditional)
+               seed:int=0, # noise seed (generation from noise)
+               module=None, # the module (None = the one last recorded or training)
+              )->PromptTry|None: # the result, or None while it waits for the training thread
+    "Run the current generator on a typed prompt; the result also goes to `prompt_tries`."
+    module = module if module is not None else self.module
+    if module is None: raise ValueError("Expected a module (`module=`) or a capture that has recorded one but got none")
+    if getattr(module.task, "name", "") != "prompt":
+        raise ValueError(f"Expected a prompt-conditioned run (Model.task prompt) but this one is {module.task.name!r}")
+    if not isinstance(prompt, str): raise ValueError(f"Expected `prompt` to be a string but got {type(prompt).__name__}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise ValueError(f"Expected `seed` to be an int >= 0 but got {seed!r}")
+    request = _PromptRequest(prompt, seed)
+    with self._lock:
+        if self.training: self._pending.append(request); return None
+    return self._run_prompt(module, request)
+
+# %% ../nbs/12_capture.ipynb #ea27ab92
+@patch_to(SampleCapture)
+@torch.no_grad()
+def _run_prompt(self, module, request:_PromptRequest, step:int|None=None)->PromptTry:
+    "Generate for a typed prompt with the EMA and the live weights; read the images back on captioned shapes."
+    task, has_ema = module.task, getattr(module, "ema", None) is not None
+    if task.given == "noise": run = lambda raw: module.generate([request.prompt], seed=request.seed, raw=raw)
+    else:
+        if self.inputs is None: raise ValueError("Expected fixed samples before a typed prompt but got none")
+        inp = {**self.inputs, "prompt": [request.prompt] * len(self.inputs["hr"])}
+        run = lambda raw: task.compose(inp, self._run(module, ema=not raw, inputs=inp).clamp(*module.value_range))
+    image, image_raw = run(False), (run(True) if has_ema else None)
+    readings = matches = None
+    if getattr(task, "shapes", False):
+        readings = read_shapes(image.float().clamp(0, 1))
+        spec = parse_prompt(request.prompt)
+        matches = ({a: readings[0].get(a) == getattr(spec, a) for a in ATTRIBUTES} if spec is not None else None)
+    out = PromptTry(int(module.g_step if step is None else step), request.prompt, request.seed, image.cpu(),
+                    None if image_raw is None else image_raw.cpu(), readings, matches)
+    with self._lock: self.prompt_tries = (getattr(self, "prompt_tries", []) + [out])[-self.max_entries:]
+    return out

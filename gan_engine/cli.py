@@ -57,11 +57,31 @@ def _inpaint_preset(s:Path)->dict:
             "Callbacks": {"checkpoint": {"monitor": "val/psnr_hole", "mode": "max", "save_top_k": 2}},
             "Logging": {"output_dir": "runs/inpaint", "images_every_n_steps": 250}}
 
-PRESETS = {"sr": _sr_preset, "inpaint": _inpaint_preset}  # `gan-engine train --preset NAME`
+def _prompt_preset(s:Path)->dict:
+    # captioned shapes drawn on the fly (no files), 32-px images from noise and the prompt: a 3-level U-Net with FiLM
+    # from a hashed-token embedding bag, an SRGAN-style discriminator with projection on its own embedding (hinge);
+    # an L1 lead to the real rendering of the prompt gets colour, place and size early, the adversarial term the rest
+    return {"Data": {"source": "shapes", "lr_patch_size": 32, "train_batch_size": 32, "val_batch_size": 64,
+                     "shapes": {"train_count": 4096, "val_count": 128}},
+            "Model": {"task": "prompt", "in_bands": 3, "prompt_input": "noise", "prompt_dropout": 0.05},
+            "Text": {"encoder": "hashed", "dim": 64},
+            "Generator": {"model_type": "unet", "n_channels": 32, "unet_depth": 3},
+            "Discriminator": {"model_type": "standard", "base_channels": 32, "n_blocks": 6, "linear_size": 256,
+                              "use_spectral_norm": True, "norm": "none"},
+            "Training": {"max_steps": 3000, "g_pretrain_steps": 1000, "adv_loss_ramp_steps": 200, "val_every_n_steps": 250,
+                         "label_smoothing": False, "EMA": {"decay": 0.995},
+                         "Losses": {"l1_weight": 1.0, "adv_loss_type": "hinge", "adv_loss_beta": 0.02}},
+            "Optimizers": {"optim_g_lr": 1e-3, "optim_d_lr": 4e-4, "betas": [0.5, 0.99]},
+            "Schedulers": {"decay": "cosine", "g_warmup_steps": 20},
+            "Callbacks": {"checkpoint": {"monitor": "val/adherence_all", "mode": "max", "save_top_k": 2},
+                          "health": {"stall_window": 0}},
+            "Logging": {"output_dir": "runs/prompt", "images_every_n_steps": 250, "num_val_images": 8}}
+
+PRESETS = {"sr": _sr_preset, "inpaint": _inpaint_preset, "prompt": _prompt_preset}  # `gan-engine train --preset NAME`
 
 def quickstart_config(overrides=(), # dotted KEY=VALUE strings
                       samples:str|Path|None=None, # the data_samples folder (found if None)
-                      preset:str="sr", # which quickstart: sr (x2 super-resolution) or inpaint (generated holes)
+                      preset:str="sr", # which quickstart: sr (x2 super-resolution), inpaint (generated holes) or prompt (captioned shapes)
                      )->Config:
     "A quickstart config on the shipped `data_samples/` (the SR x2 one by default), with `overrides` applied."
     if preset not in PRESETS: raise ConfigError(f"--preset: {preset!r} is not one of {sorted(PRESETS)}")
@@ -83,8 +103,10 @@ def _preview(cfg:Config, out:Path)->list[str]:
     n = min(4, *(len(b["hr"]) for _, b in batches))
     def panels(b):
         if "mask" in b: return {"image": b["hr"][:n], "masked input": task.shown_input(b)[:n], "mask": b["mask"][:n]}
+        if "lr" not in b: return {"image": b["hr"][:n]}   # prompt task from noise: the images and their prompts
         return {"LR": F.interpolate(b["lr"][:n].float(), size=b["hr"].shape[-2:], mode="nearest"), "HR": b["hr"][:n]}
-    grids = [render_panels(panels(b), dm.value_range, cfg.Logging.display_bands, labels=True) for _, b in batches]
+    grids = [render_panels(panels(b), dm.value_range, cfg.Logging.display_bands, labels=True,
+                           row_labels=b["prompt"][:n] if "prompt" in b else None) for _, b in batches]
     width = max(g.shape[1] for g in grids)
     gap = np.full((8, width, 3), 255, np.uint8)
     sheet = np.concatenate([x for g in grids for x in (np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)),
@@ -95,6 +117,7 @@ def _preview(cfg:Config, out:Path)->list[str]:
              *(f"{name} batch: " + ", ".join(f"{k} {tuple(b[k].shape)}" for k in ("lr", "hr", "mask") if k in b)
                + (f"; holes {float(b['mask'].mean((1, 2, 3)).min()):.0%}-{float(b['mask'].mean((1, 2, 3)).max()):.0%} of each crop"
                   if "mask" in b else "") for name, b in batches),
+             *([f"Prompts: " + "; ".join(f"“{q}”" for q in batches[0][1]["prompt"][:n])] if "prompt" in batches[0][1] else []),
              f"Value range {dm.value_range}, bands {dm.band_names}",
              f"Preview: {path} (rows: {' then '.join(name for name, _ in batches)} samples; columns: "
              f"{', '.join(panels(batches[0][1]))})"]
@@ -114,9 +137,13 @@ def _parser()->argparse.ArgumentParser:
     common(tr); tr.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint")
     va = sub.add_parser("validate", help="validate a checkpoint on the config's validation data")
     common(va); va.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
-    pr = sub.add_parser("predict", help="super-resolve (or inpaint) a file or folder with a checkpoint")
+    pr = sub.add_parser("predict", help="super-resolve (or inpaint) a file or folder, or generate from prompts, with a checkpoint")
     pr.add_argument("--ckpt", required=True, help="checkpoint (EMA weights are used by default)")
-    pr.add_argument("--input", required=True, help="an image file or a folder of images")
+    pr.add_argument("--input", help="an image file or a folder of images (not for prompt models that generate from noise)")
+    pr.add_argument("--prompt", action="append", metavar="TEXT", help="prompt models: the prompt (repeat for several)")
+    pr.add_argument("--count", type=int, default=1, help="prompt models from noise: images per prompt (seeds --seed, --seed + 1, ...)")
+    pr.add_argument("--seed", type=int, default=0, help="prompt models from noise: the first noise seed")
+    pr.add_argument("--size", type=int, help="prompt models from noise: image side in pixels (default: the training crop)")
     pr.add_argument("--output", required=True, help="folder for the outputs")
     pr.add_argument("--mask", metavar="FILE_OR_DIR", help="inpainting: a mask file, or a folder of masks named like the inputs")
     pr.add_argument("--mask-kind", help="inpainting without mask files: generate masks (mixture, box, stroke, blob)")
@@ -151,7 +178,12 @@ def _train(args)->Path:
     if args.resume and not Path(args.resume).is_file(): raise FileNotFoundError(f"checkpoint {args.resume!r} does not exist")
     run = fit(_config(args, args.resume), resume=args.resume)
     m = run.trainer.callback_metrics
-    if "val/psnr_hole" in m:
+    if "val/adherence_all" in m:
+        each = ", ".join(f"{a} {float(m[f'val/adherence_{a}']):.0%}" for a in ("colour", "shape", "position", "size"))
+        held = ", ".join(f"{a} {float(m[f'val/adherence_{a}_heldout']):.0%}" for a in ("colour", "shape", "position", "size"))
+        print(f"Prompt adherence (read back by the shapes checker): {each}; all four {float(m['val/adherence_all']):.0%}. "
+              f"Held-out colour-shape pairs: {held}")
+    elif "val/psnr_hole" in m:
         base = "; ".join(f"{n} {float(m[f'val/psnr_hole_{k}']):.2f} dB" for k, n in (("meanfill", "mean fill"), ("biharmonic", "biharmonic"))
                          if f"val/psnr_hole_{k}" in m)
         print(f"Validation PSNR in the hole: {float(m['val/psnr_hole']):.2f} dB last ({base}); SSIM in the hole "
@@ -184,9 +216,21 @@ def _predict(args)->Path:
         raise ConfigError(f"--tile/--overlap: expected --tile > 2 x --overlap and --overlap >= 0 but got "
                           f"--tile {args.tile}, --overlap {args.overlap}")
     predictor = load_predictor(args.ckpt, raw=args.raw, map_location=args.device)
-    written = predict_path(predictor, args.input, args.output, tile=args.tile, overlap=args.overlap, masks=args.mask,
-                           mask_kind=args.mask_kind, mask_seed=args.mask_seed, invert=args.mask_invert,
-                           channels=args.mask_channels)
+    task = predictor.task
+    if getattr(task, "name", "") == "prompt" and not args.prompt:
+        raise ConfigError("--prompt: required for this prompt model (Model.task prompt); e.g. --prompt \"a small red circle\"")
+    if args.prompt and getattr(task, "name", "") != "prompt":
+        raise ConfigError(f"--prompt: the model in {args.ckpt!r} takes no prompt (Model.task {task.name!r})")
+    if getattr(task, "given", None) == "noise":
+        if args.input: raise ConfigError("--input: this prompt model generates from noise and reads no images; leave --input out")
+        from gan_engine.inference import generate_files
+        written = generate_files(predictor, args.prompt, args.output, count=args.count, seed=args.seed, size=args.size)
+    else:
+        if not args.input: raise ConfigError("--input: required (an image file or a folder of images)")
+        if args.prompt and len(args.prompt) > 1: raise ConfigError("--prompt: give one prompt for the images of --input")
+        written = predict_path(predictor, args.input, args.output, tile=args.tile, overlap=args.overlap, masks=args.mask,
+                               mask_kind=args.mask_kind, mask_seed=args.mask_seed, invert=args.mask_invert,
+                               channels=args.mask_channels, prompt=args.prompt[0] if args.prompt else None)
     print(f"Wrote {len(written)} file(s) to {args.output} with the {predictor.weights} weights")
     return Path(args.output)
 

@@ -19,9 +19,9 @@ from .registry import import_object  # noqa: F401 (kept importable from here, wh
 from .opensr import translate_opensr
 
 # %% auto #0
-__all__ = ['SCALES', 'SR_SCALES', 'MASK_CHANNEL_RULES', 'HOLE_FILLS', 'EMA_DECAY_RANGE', 'SCHEMA', 'SPEC_KEYS', 'Key',
-           'describe_config', 'Section', 'Config', 'ConfigLoader', 'yaml_load', 'parse_override', 'trainer_keywords',
-           'is_class_spec', 'load_config', 'save_config']
+__all__ = ['SCALES', 'SR_SCALES', 'MASK_CHANNEL_RULES', 'HOLE_FILLS', 'PROMPT_INPUTS', 'DATA_SOURCES', 'EMA_DECAY_RANGE',
+           'SCHEMA', 'SPEC_KEYS', 'Key', 'describe_config', 'Section', 'Config', 'ConfigLoader', 'yaml_load',
+           'parse_override', 'trainer_keywords', 'is_class_spec', 'load_config', 'save_config']
 
 # %% ../nbs/00_config.ipynb #be2da59b
 @dataclass
@@ -46,13 +46,16 @@ SCALES = (1, 2, 3, 4, 8)                 # generator scaling factors (1: same-si
 SR_SCALES = tuple(s for s in SCALES if s > 1)  # super-resolution factors (Data.scale)
 MASK_CHANNEL_RULES = ("error", "any", "all", "first")  # how a several-channel mask file becomes one mask
 HOLE_FILLS = ("smooth", "mean", "zero", "noise")  # what the inpainting generator sees in the hole
+PROMPT_INPUTS = ("noise", "lr", "masked")  # the image input of the prompt task
+DATA_SOURCES = ("folders", "shapes")       # image folders, or the captioned-shapes generator
 EMA_DECAY_RANGE = (0.0, 1.0)             # [0, 1): 0 copies the generator, 1 would never move from its first weights
 _NORM_DOC = "normaliser: a name ({}) or a mapping {{name: ..., **kwargs}}"
 SCHEMA: dict = {}  # section -> {key: Key or sub-section}; filled section by section below
 
 # %% ../nbs/00_config.ipynb #4ef8d802
 SCHEMA["Data"] = {
-    "train_dir": _key(None, "path", "folder of training images: HR for sr, complete images for inpaint (required to train)", nullable=True),
+    "source": _key("folders", "str", "where samples come from: image folders (train_dir, val_dir), or captioned shapes drawn on the fly (prompt task; see Data.shapes)", choices=DATA_SOURCES),
+    "train_dir": _key(None, "path", "folder of training images: HR for sr, complete images for inpaint and prompt (required to train from folders)", nullable=True),
     "val_dir": _key(None, "path", "folder of validation images; null = split off Data.val_fraction", nullable=True),
     "val_fraction": _key(0.1, "float", "share of train_dir held back for validation when val_dir is null", lo=0.0, hi=0.9),
     "train_lr_dir": _key(None, "path", "sr: paired LR training images (same stems); null = degrade HR on the fly", nullable=True),
@@ -88,6 +91,15 @@ SCHEMA["Data"] = {
         "count": _key([1, 4], "list", "generated masks: [low, high] number of shapes per mask"),
         "seed": _key(None, "int", "seed of the validation masks (fixed per item); null = Training.seed", lo=0, nullable=True),
     },
+    "captions": {
+        "file": _key(None, "str", "prompt: captions file in each image folder (a .csv or .jsonl of file, prompt rows); null = captions.csv or captions.jsonl when present, else a <stem>.txt beside each image (one prompt per line)", nullable=True),
+        "on_missing": _key("error", "str", "prompt: an image without a caption (or with only empty ones) is an error naming the files, or is left out with a warning", choices=("error", "skip")),
+    },
+    "shapes": {
+        "train_count": _key(4096, "int", "source shapes: training samples per epoch (each drawn afresh)", lo=1),
+        "val_count": _key(64, "int", "source shapes: validation samples (fixed), half with held-out colour-shape pairs, half with seen ones", lo=2),
+        "held_out": _key([["red", "triangle"], ["blue", "circle"], ["yellow", "square"]], "list", "source shapes: [colour, shape] pairs never drawn for training, to measure how prompts generalise"),
+    },
     "normalization": {
         "lr": _key("zero_one", "any", "LR-branch " + _NORM_DOC.format("see the normaliser registry"), registry="normaliser"),
         "hr": _key("zero_one", "any", "HR-branch " + _NORM_DOC.format("see the normaliser registry"), registry="normaliser"),
@@ -101,7 +113,9 @@ SCHEMA["Model"] = {
     "in_bands": _key(3, "int", "bands of the input images", lo=1),
     "out_bands": _key(None, "int", "bands of the output; null = in_bands", lo=1, nullable=True),
     "hole_fill": _key("smooth", "str", "inpaint: what the generator sees in the hole: a smooth push-pull interpolation of its surroundings, the mean of the kept pixels per band, zero, or noise of their mean and spread", choices=HOLE_FILLS),
-    "cond_dim": _key(0, "int", "size of the conditioning embedding (0 = none)", lo=0),
+    "cond_dim": _key(0, "int", "size of the conditioning embedding (0 = none; prompt: 0 = Text.dim)", lo=0),
+    "prompt_input": _key("noise", "str", "prompt: the image input beside the prompt: noise (generation), lr (prompt-guided super-resolution) or masked (prompt-guided inpainting)", choices=PROMPT_INPUTS),
+    "prompt_dropout": _key(0.0, "float", "prompt: share of training prompts replaced by the empty prompt (classifier-free style), so one model also generates unconditionally", lo=0.0, hi=1.0),
     "continue_training": _key(False, "path", "checkpoint to resume the full run from, or false", false_ok=True, nullable=True),
     "load_checkpoint": _key(False, "path", "checkpoint or weights file to initialise weights from (no optimiser state), or false", false_ok=True, nullable=True),
     "load_discriminator": _key(False, "path", "checkpoint or discriminator weights file to start the discriminator from (e.g. when a generator-only run continues adversarially), or false", false_ok=True, nullable=True),
@@ -134,6 +148,19 @@ SCHEMA["Discriminator"] = {
     "use_spectral_norm": _key(None, "bool", "spectral normalisation on conv/linear layers; null = off / off / on (standard / patchgan / unet)", nullable=True),
     "mask_input": _key(False, "bool", "inpaint: the discriminator also sees the mask (an extra input channel)"),
     "norm": _key("batch", "str", "normalisation layers (standard, patchgan)", choices=("batch", "instance", "none")),
+}
+
+# %% ../nbs/00_config.ipynb #a69354ae
+SCHEMA["Text"] = {
+    "encoder": _key("hashed", "str", "prompt: text encoder: hashed (trainable hashed-token embedding bag), transformers (a local folder, Text.path) or an import path", registry="text encoder"),
+    "dim": _key(64, "int", "size of the prompt embedding (transformers: a trainable projection to this size)", lo=1),
+    "buckets": _key(4096, "int", "hashed: hash buckets shared by words and word n-grams", lo=16),
+    "ngrams": _key(2, "int", "hashed: words and word n-grams up to this length are tokens", lo=1, hi=4),
+    "max_tokens": _key(32, "int", "hashed: tokens kept per prompt", lo=1),
+    "path": _key(None, "path", "transformers: local folder with the model and its tokenizer (nothing is downloaded)", nullable=True),
+    "trainable": _key(None, "bool", "train the encoder with its network; null = true for hashed, false (frozen) for transformers", nullable=True),
+    "pooling": _key("pooled", "str", "transformers: the model's pooled output, the mean over tokens, or the first token", choices=("pooled", "mean", "first")),
+    "max_length": _key(77, "int", "transformers: tokens kept per prompt", lo=1),
 }
 
 # %% ../nbs/00_config.ipynb #b4eb44ec
@@ -429,10 +456,16 @@ def _validate(raw:Mapping, schema:dict, prefix:str, problems:list)->dict:
     return out
 
 # %% ../nbs/00_config.ipynb #c9512f23
+def _extra_channels(m:dict)->tuple[int, str]:
+    "Input channels the task feeds the generator beside the image, and what they are."
+    if m["task"] == "inpaint" or m["task"] == "prompt" and m["prompt_input"] == "masked": return 1, "the mask"
+    if m["task"] == "prompt" and m["prompt_input"] == "noise": return 2, "the pixel coordinates y and x"
+    return 0, "none"
+
 def _cross_checks(c:dict, problems:list):
     d, m, g, t, losses = c["Data"], c["Model"], c["Generator"], c["Training"], c["Training"]["Losses"]
     if m["out_bands"] is None: m["out_bands"] = m["in_bands"]
-    sr = m["task"] == "sr"
+    sr = m["task"] == "sr" or m["task"] == "prompt" and m["prompt_input"] == "lr"   # the output is larger than the input
     if g["model_type"] is None: g["model_type"] = "srresnet" if sr else "unet"  # the one place these are derived
     if g["scaling_factor"] is None: g["scaling_factor"] = d["scale"] if sr else 1
     elif sr and g["scaling_factor"] != d["scale"]:
@@ -441,12 +474,13 @@ def _cross_checks(c:dict, problems:list):
     elif not sr and g["scaling_factor"] != 1:
         problems.append(f"Generator.scaling_factor: {g['scaling_factor']}, but Model.task {m['task']!r} keeps the image "
                         "size; set it to 1 or leave it null")
-    need = 1 if m["task"] == "inpaint" else 0   # the mask channel
+    need, what = _extra_channels(m)
     if g["extra_in_channels"] is None: g["extra_in_channels"] = need
-    elif m["task"] == "inpaint" and g["extra_in_channels"] != need:
-        problems.append(f"Generator.extra_in_channels: {g['extra_in_channels']}, but Model.task 'inpaint' feeds the "
-                        "generator one extra channel (the mask); set it to 1 or leave it null")
+    elif need and g["extra_in_channels"] != need:
+        problems.append(f"Generator.extra_in_channels: {g['extra_in_channels']}, but Model.task {m['task']!r} feeds the "
+                        f"generator {need} extra channel(s) ({what}); set it to {need} or leave it null")
     _cross_check_inpaint(c, problems)
+    _cross_check_prompt(c, problems)
     if g["model_type"] == "esrgan": g["block_type"] = "rrdb"
     o = c["Optimizers"]
     if o["optim_d_lr"] is None: o["optim_d_lr"] = 0.5 * o["optim_g_lr"]
@@ -495,13 +529,14 @@ def _cross_checks(c:dict, problems:list):
 def _cross_check_inpaint(c:dict, problems:list):
     "Checks of the keys inpainting reads; the mask kinds come from the mask-kind registry."
     d, m, g = c["Data"], c["Model"], c["Generator"]
-    if m["task"] == "inpaint":
+    if m["task"] == "inpaint" or m["task"] == "prompt" and m["prompt_input"] != "lr":
         for key in ("train_lr_dir", "val_lr_dir"):
             if d[key] is not None:
-                problems.append(f"Data.{key}: paired LR images are for Model.task 'sr'; inpainting reads complete images "
-                                "from Data.train_dir / Data.val_dir (and masks from Data.masks)")
-    if c["Discriminator"]["mask_input"] and m["task"] != "inpaint":
-        problems.append(f"Discriminator.mask_input: true, but Model.task {m['task']!r} has no mask; it is for 'inpaint'")
+                problems.append(f"Data.{key}: paired LR images are for Model.task 'sr' (or 'prompt' with Model.prompt_input "
+                                "lr); this task reads complete images from Data.train_dir / Data.val_dir")
+    if c["Discriminator"]["mask_input"] and _extra_channels(m)[1] != "the mask":
+        problems.append(f"Discriminator.mask_input: true, but Model.task {m['task']!r} has no mask; it is for 'inpaint' "
+                        "(or 'prompt' with Model.prompt_input masked)")
     if g["model_type"] == "unet" and d["lr_patch_size"] % 2 ** g["unet_depth"]:
         q = 2 ** g["unet_depth"]
         problems.append(f"Data.lr_patch_size: {d['lr_patch_size']} must be a multiple of 2**Generator.unet_depth = {q} "
@@ -526,6 +561,34 @@ def _cross_check_inpaint(c:dict, problems:list):
     if kinds and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in kinds.values()) and sum(kinds.values()) <= 0:
         problems.append(f"Data.masks.kinds: {kinds!r} needs at least one kind with a weight > 0")
     if not kinds: problems.append("Data.masks.kinds: empty; name at least one kind, e.g. {box: 1}")
+
+# %% ../nbs/00_config.ipynb #52884106
+def _cross_check_prompt(c:dict, problems:list):
+    "Checks of the keys the prompt task and the captioned-shapes source read."
+    d, m, text = c["Data"], c["Model"], c["Text"]
+    if m["task"] == "prompt":
+        if m["cond_dim"] == 0: m["cond_dim"] = text["dim"]
+        elif m["cond_dim"] != text["dim"]:
+            problems.append(f"Model.cond_dim: {m['cond_dim']}, but the prompt embedding has Text.dim {text['dim']} "
+                            "values; leave cond_dim 0 (it follows Text.dim) or set them equal")
+        if text["encoder"] == "transformers" and not text["path"]:
+            problems.append("Text.path: required with Text.encoder 'transformers': a local folder holding the model "
+                            "and its tokenizer (nothing is downloaded)")
+    elif m["prompt_dropout"] > 0:
+        problems.append(f"Model.prompt_dropout: {m['prompt_dropout']}, but Model.task {m['task']!r} has no prompts; it is for 'prompt'")
+    if d["source"] != "shapes": return
+    from .shapes import COLOURS, SHAPES   # runtime import: the shapes module sits below config and imports nothing of ours
+    if m["task"] != "prompt" or m["prompt_input"] != "noise":
+        problems.append(f"Data.source: 'shapes' draws captioned images for Model.task 'prompt' with prompt_input "
+                        f"'noise', but the config has task {m['task']!r}" + (f" with prompt_input {m['prompt_input']!r}"
+                        if m["task"] == "prompt" else "") + "; use Data.source folders")
+    if m["in_bands"] != 3: problems.append(f"Model.in_bands: {m['in_bands']}, but Data.source 'shapes' draws RGB images; set it to 3")
+    if d["value_range"] is None: d["value_range"] = [0.0, 1.0]
+    if d["lr_patch_size"] < 16: problems.append(f"Data.lr_patch_size: {d['lr_patch_size']} is the side of the shapes images; use at least 16")
+    for pair in d["shapes"]["held_out"]:
+        if not (isinstance(pair, list) and len(pair) == 2 and pair[0] in COLOURS and pair[1] in SHAPES):
+            problems.append(f"Data.shapes.held_out: {pair!r} is not a [colour, shape] pair; colours {list(COLOURS)}, "
+                            f"shapes {list(SHAPES)}")
 
 # %% ../nbs/00_config.ipynb #fc2e64f4
 _PRECISION_NAMES = {"32": 32, "32-true": 32, "16": 16, "16-mixed": 16, "bf16": "bf16", "bf16-mixed": "bf16"}

@@ -6,8 +6,8 @@ Docs: https://gan-engine.github.io/gan_engine/data.html.md"""
 
 # %% auto #0
 __all__ = ['SRDataset', 'gaussian_kernel1d', 'gaussian_blur', 'degrade', 'crop_position', 'augment', 'collate', 'ImageDataset',
-           'split_files', 'ResumableSampler', 'ResumableLoader', 'GANDataModule', 'resolve_value_range',
-           'smallest_image', 'check_paths']
+           'split_files', 'ResumableSampler', 'ResumableLoader', 'ShapesValidation', 'shapes_datasets', 'GANDataModule',
+           'resolve_value_range', 'smallest_image', 'check_paths']
 
 # %% ../nbs/01_data.ipynb #713c5a04
 import math, warnings
@@ -27,6 +27,8 @@ from .images import (DataError, IMAGE_EXTENSIONS, dtype_value_range, files_by_st
                                probe_image, read_image)
 from .steps import StepPlan
 from .masks import MaskGenerator, MaskSource
+from .captions import image_captions
+from .shapes import ShapesDataset
 
 # %% ../nbs/01_data.ipynb #ae9d6755
 def gaussian_kernel1d(
@@ -147,7 +149,7 @@ def collate(
 
 # %% ../nbs/01_data.ipynb #3ed4beac
 class ImageDataset(Dataset):
-    "Samples {lr, hr, [mask], meta}: SR pairs from an HR folder (LR degraded on the fly) or paired folders; images with hole masks."
+    "Samples {lr, hr, [mask], [prompt], meta}: SR pairs from an HR folder (LR degraded on the fly) or paired folders; images with hole masks or prompts."
     def __init__(self,
         hr_dir,                        # HR folder, or a list of HR files
         scale: int = 4,                # SR factor (Data.scale)
@@ -169,6 +171,7 @@ class ImageDataset(Dataset):
         transform: Callable[[dict], dict] | None = None,  # applied to each finished sample
         masks: MaskSource | None = None,  # hole masks (inpainting): each sample gets `mask` (1,H,W), 1 = hole
         with_lr: bool = True,          # make `lr` (super-resolution); False = `hr` alone (same-size tasks)
+        captions: Sequence[Sequence[str]] | None = None,  # prompts of each file (prompt task): one drawn per sample
         key: str = "Data.train_dir",   # config key named in folder errors
         lr_key: str = "Data.train_lr_dir",  # config key of the LR folder named in errors
     ):
@@ -179,11 +182,13 @@ class ImageDataset(Dataset):
         self.augment = aug if train else dict(hflip=False, vflip=False, rot90=False)
         self.blur_sigma, self.noise_std, self.antialias, self.clip = blur_sigma, noise_std, antialias, clip
         self.seed, self.repeat, self.transform, self.key = seed, max(1, int(repeat)), transform, key
-        self.masks, self.with_lr = masks, bool(with_lr)
+        self.masks, self.with_lr, self.captions = masks, bool(with_lr), captions
         if isinstance(hr_dir, (str, Path)): self.files = list_images(hr_dir, extensions, key)
         else:
             self.files = sorted(Path(f) for f in hr_dir)
             if not self.files: raise DataError(f"Expected `{key}` to provide at least one image but got none")
+        if captions is not None and len(captions) != len(self.files):
+            raise ValueError(f"Expected one list of prompts per image ({len(self.files)}) but got {len(captions)}")
         self.lr_files = None
         if lr_dir is not None:
             lr_map = files_by_stem(list_images(lr_dir, extensions, lr_key), lr_key)
@@ -301,6 +306,10 @@ def __getitem__(self, idx: int | tuple[int, int]) -> dict:
                 degradation=None if self.lr_files is not None else
                 dict(blur_sigma=self.blur_sigma, noise_std=self.noise_std, antialias=self.antialias))
     item = {k: v.contiguous() for k, v in out.items()}
+    if self.captions is not None:   # drawn last, so crops and masks are those of the same sample without captions
+        prompts = list(self.captions[i])
+        item["prompt"] = prompts[int(torch.randint(len(prompts), (1,), generator=g))]
+        meta["prompts"] = prompts
     item["meta"] = meta
     return self.transform(item) if self.transform is not None else item
 
@@ -378,41 +387,82 @@ class ResumableLoader(DataLoader):
         return self._counted()
 
     def _counted(self):
-        # lazy: Lightning creates the iterator before it sets the epoch, so read the epoch at the first batch
-        s = self.sampler
-        start = s._resume[1] // self.batch_size if s._resume is not None and s._resume[0] == s.epoch else 0
-        self._position = [s.epoch, start]
+        # lazy (Lightning creates the iterator before it sets the epoch): the pass starts at the first batch. Passes
+        # are counted here, not taken from Lightning's epoch: resumed from a checkpoint saved as a stop ended an epoch,
+        # Lightning may start a new epoch, or end one early, while the data must continue the pass it was in. So a
+        # pass left unfinished (`limit_train_batches` too) continues in the next iterator; a finished one moves on
+        s, last = self.sampler, getattr(self, "_position", None)
+        if getattr(self, "_pending", None) is not None: epoch, start = self._pending
+        elif last is None: epoch, start = s.epoch, 0
+        else: epoch, start = (last[0], last[1]) if last[1] < len(self) else (last[0] + 1, 0)
+        self._pending = None
+        s.set_epoch(epoch); s.resume_at(epoch, start * self.batch_size)
+        self._position = [epoch, start]
         for batch in super().__iter__():
             self._position[1] += 1
             yield batch
 
     def state_dict(self) -> dict:
-        "Where the training data stands: the epoch and the batches of it served so far."
+        "Where the training data stands: the pass (epoch) and the batches of it served so far."
         s = self.sampler
-        epoch, batches = getattr(self, "_position", (s.epoch, 0))
+        epoch, batches = getattr(self, "_pending", None) or getattr(self, "_position", (s.epoch, 0))
         return {"epoch": int(epoch), "batches": int(batches), "batch_size": int(self.batch_size), "n": s.n,
                 "seed": s.seed, "num_replicas": s.num_replicas}
 
     def load_state_dict(self, state: dict):
-        "Continue from a saved position (the next pass over that epoch starts after the batches served)."
-        s = self.sampler
+        "Continue from a saved position: the next pass continues that epoch after the batches served (or starts the next)."
+        s, epoch = self.sampler, int(state.get("epoch", 0))
         if state.get("n") != s.n or state.get("seed") != s.seed:
             warnings.warn(f"The training data changed since the checkpoint (samples {state.get('n')} -> {s.n}, seed "
-                          f"{state.get('seed')} -> {s.seed}): the data order restarts at epoch {state.get('epoch')}'s "
+                          f"{state.get('seed')} -> {s.seed}): the data order restarts at epoch {epoch}'s "
                           f"first batch", UserWarning)
-            s.set_epoch(int(state.get("epoch", 0))); s.resume_at(int(state.get("epoch", 0)), 0); return
+            self._pending = (epoch, 0); return
         served = int(state["batches"]) * int(state["batch_size"]) * int(state["num_replicas"])  # samples, all ranks
         if (state["batch_size"], state["num_replicas"]) != (self.batch_size, s.num_replicas):
             warnings.warn(f"Resuming with batch size {self.batch_size} x {s.num_replicas} process(es) instead of "
-                          f"{state['batch_size']} x {state['num_replicas']}: epoch {state['epoch']} continues after about "
+                          f"{state['batch_size']} x {state['num_replicas']}: epoch {epoch} continues after about "
                           f"{served} samples, in a different order", UserWarning)
-        per_rank = served // (self.batch_size * s.num_replicas) * self.batch_size
-        s.set_epoch(int(state["epoch"]))
-        s.resume_at(int(state["epoch"]), per_rank)
+        batches = served // (self.batch_size * s.num_replicas)   # of this process
+        self._pending = (epoch + 1, 0) if batches >= len(self) else (epoch, batches)
+
+# %% ../nbs/01_data.ipynb #fa28cc9a
+class ShapesValidation(Dataset):
+    "Fixed validation samples of captioned shapes: held-out colour-shape pairs first, then seen ones."
+    def __init__(self,
+                 count: int,          # samples in all (Data.shapes.val_count), split in two halves
+                 size: int,           # image side (Data.lr_patch_size)
+                 seed: int,           # Training.seed
+                 held_out: Sequence,  # [colour, shape] pairs kept from training (Data.shapes.held_out)
+                ):
+        pairs = tuple(tuple(p) for p in held_out)
+        half = count // 2
+        self.parts = [("held_out", ShapesDataset(half, size, seed, train=False, held_out=pairs, split="held_out")),
+                      ("seen", ShapesDataset(count - half, size, seed, train=False, held_out=pairs, split="seen"))]
+        self.value_range, self.bands, self.train = (0.0, 1.0), 3, False
+
+    def __len__(self): return sum(len(ds) for _, ds in self.parts)
+
+    def __getitem__(self, idx):
+        idx = idx[0] if isinstance(idx, tuple) else idx
+        for group, ds in self.parts:
+            if idx < len(ds):
+                item = ds[idx]
+                item["meta"] = {**item["meta"], "index": int(idx) + (0 if group == "held_out" else len(self.parts[0][1])), "group": group}
+                return item
+            idx -= len(ds)
+        raise IndexError(idx)
+
+def shapes_datasets(cfg)->tuple[Dataset, Dataset]:
+    "Training and validation datasets of captioned shapes from a config (Data.source shapes)."
+    d, seed = cfg.Data, cfg.Training.seed
+    pairs = tuple(tuple(p) for p in d.shapes.held_out)
+    train = ShapesDataset(d.shapes.train_count, d.lr_patch_size, seed, train=True, held_out=pairs, split="train")
+    train.value_range, train.bands = (0.0, 1.0), 3
+    return train, ShapesValidation(d.shapes.val_count, d.lr_patch_size, seed, pairs)
 
 # %% ../nbs/01_data.ipynb #b1b59621
 class GANDataModule(L.LightningDataModule):
-    "Lightning DataModule with the training and validation loaders of a Config's task (sr pairs, or inpainting images with masks)."
+    "Lightning DataModule with the training and validation loaders of a Config's task (sr pairs, images with masks or prompts, or captioned shapes)."
     def __init__(self,
         cfg,  # Config (reads cfg.Data.*, cfg.Model.in_bands, cfg.Training.seed)
     ):
@@ -420,16 +470,31 @@ class GANDataModule(L.LightningDataModule):
         self.cfg = cfg
         self.train_dataset: ImageDataset | None = None
         self.val_dataset: ImageDataset | None = None
+        self._captions: dict = {}  # prompt task: image file -> its prompts
 
     def _dataset(self, files, lr_dir, train: bool, key: str, lr_key: str) -> ImageDataset:
-        d, deg, sr = self.cfg.Data, self.cfg.Data.degradation, self.cfg.Model.task == "sr"
-        masks = None if sr else self._masks(files, key)
-        return ImageDataset(files, scale=self.cfg.Generator.scaling_factor, lr_patch_size=d.lr_patch_size, lr_dir=lr_dir, train=train,
-            in_bands=self.cfg.Model.in_bands, extensions=d.extensions, value_range=d.value_range,
+        c, d, deg = self.cfg, self.cfg.Data, self.cfg.Data.degradation
+        task, given = c.Model.task, c.Model.prompt_input
+        with_lr = task == "sr" or task == "prompt" and given == "lr"
+        needs_masks = task == "inpaint" or task == "prompt" and given == "masked"
+        captions = None
+        if task == "prompt":   # read for the whole folder before any split (`setup`), so errors name every file
+            if any(f not in self._captions for f in files): self._read_captions(files, key)
+            files = [f for f in files if f in self._captions]
+            captions = [self._captions[f] for f in files]
+        return ImageDataset(files, scale=c.Generator.scaling_factor, lr_patch_size=d.lr_patch_size, lr_dir=lr_dir, train=train,
+            in_bands=c.Model.in_bands, extensions=d.extensions, value_range=d.value_range,
             band_names=d.band_names, allow_nonfinite=d.allow_nonfinite, augment=d.augment.to_dict(),
             blur_sigma=deg.blur_sigma, noise_std=deg.noise_std, antialias=deg.antialias,
-            seed=self.cfg.Training.seed, repeat=d.repeat if train else 1, key=key, lr_key=lr_key,
-            masks=masks, with_lr=sr)
+            seed=c.Training.seed, repeat=d.repeat if train else 1, key=key, lr_key=lr_key,
+            masks=self._masks(files, key) if needs_masks else None, with_lr=with_lr, captions=captions)
+
+    def _read_captions(self, files, key: str) -> list:
+        "Read the prompts of `files` (from folder `key`) into `self._captions`; return the files that have some."
+        d = self.cfg.Data
+        kept, prompts = image_captions(files, d.captions.file, d.captions.on_missing, key)
+        self._captions.update(zip(kept, prompts))
+        return kept
 
     def _masks(self, files, key: str) -> MaskSource:
         "The masks of the images in `files` (from folder `key`): generated, or files beside them or in Data.masks.dir."
@@ -444,7 +509,10 @@ class GANDataModule(L.LightningDataModule):
         "Build the datasets (once); checks every file header."
         if self.train_dataset is not None: return
         d = self.cfg.Data
+        if d.source == "shapes":
+            self.train_dataset, self.val_dataset = shapes_datasets(self.cfg); return
         train_files = list_images(d.train_dir, d.extensions, "Data.train_dir")
+        if self.cfg.Model.task == "prompt": train_files = self._read_captions(train_files, "Data.train_dir")
         if d.val_dir is not None:
             val_files, val_lr, val_key, val_lr_key = (list_images(d.val_dir, d.extensions, "Data.val_dir"),
                                                       d.val_lr_dir, "Data.val_dir", "Data.val_lr_dir")
@@ -502,8 +570,9 @@ def data_range(self) -> float:
 def band_names(self) -> list[str] | None:
     "Band names (Data.band_names, or from the format, e.g. R,G,B for PNG)."
     self.setup()
-    if self.train_dataset.band_names is not None: return list(self.train_dataset.band_names)
-    return self.train_dataset.read(0)[1]["band_names"]
+    ds = self.train_dataset
+    if getattr(ds, "band_names", None) is not None: return list(ds.band_names)
+    return ds.read(0)[1]["band_names"] if hasattr(ds, "read") else ds[0]["meta"].get("band_names")
 
 @patch_to(GANDataModule, as_prop=True)
 def in_bands(self) -> int:
@@ -518,6 +587,7 @@ def resolve_value_range(cfg, # a Config (Data.value_range, Data.train_dir)
     "(low, high) of the raw data: given, else from the config, else from the training files; None if unknown."
     if given is not None: return tuple(float(v) for v in given)
     if cfg.Data.value_range is not None: return tuple(float(v) for v in cfg.Data.value_range)
+    if cfg.Data.source == "shapes": return (0.0, 1.0)
     if read_files and cfg.Data.train_dir is not None: return tuple(float(v) for v in GANDataModule(cfg).value_range)
     return None
 
@@ -549,7 +619,7 @@ def check_paths(cfg)->None:
                 problems.append(f"Data.lr_patch_size: {d.lr_patch_size}{times} does not fit {key} "
                                 f"image {small[0]!r} of size {small[1][0]}x{small[1][1]}; use lr_patch_size <= "
                                 f"{min(small[1]) // s}")
-    if m.task == "inpaint" and d.masks.source == "files":
+    if (m.task == "inpaint" or m.task == "prompt" and m.prompt_input == "masked") and d.masks.source == "files":
         folders = [d.masks.dir] if d.masks.dir is not None else [str(Path(d[k]) / "masks") for k in ("train_dir", "val_dir") if d[k] is not None]
         for f in folders:
             if not Path(f).is_dir():

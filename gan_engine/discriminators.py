@@ -204,6 +204,7 @@ class UNetDiscriminator(nn.Module):
 
 # %% ../nbs/04_discriminators.ipynb #8b94a565
 from .registry import Registry
+from .text import conditioned_on_text
 
 DISCRIMINATORS = Registry.of("discriminator", "Discriminator.model_type")  # the builders below register here
 
@@ -239,5 +240,6 @@ def build_unet_discriminator(cfg, # a validated `Config` (see `gan_engine.config
 
 def build_discriminator(cfg, # a validated `Config` (see `gan_engine.config.load_config`)
              ) -> nn.Module:
-    "Build the discriminator named by `Discriminator.model_type` (a registered name or an import path) from `cfg`."
-    return DISCRIMINATORS.build(cfg.Discriminator.model_type, cfg, expected=nn.Module)
+    "Build the discriminator named by `Discriminator.model_type` (a registered name or an import path) from `cfg`; with its own text encoder for Model.task prompt."
+    net = DISCRIMINATORS.build(cfg.Discriminator.model_type, cfg, expected=nn.Module)
+    return conditioned_on_text(net, cfg)

@@ -439,6 +439,7 @@ def count_parameters(model:nn.Module, # any module
 
 # %% ../nbs/03_generators.ipynb #ee9138be
 from .registry import ConfigError, Registry
+from .text import conditioned_on_text
 
 GENERATORS = Registry.of("generator", "Generator.model_type")  # the builders below register here
 
@@ -480,5 +481,6 @@ def build_unet_generator(cfg, # a validated `Config` (see `gan_engine.config.loa
 
 def build_generator(cfg, # a validated `Config` (see `gan_engine.config.load_config`)
              ) -> nn.Module:
-    "Build the generator named by `Generator.model_type` (a registered name or an import path) from `cfg`."
-    return GENERATORS.build(cfg.Generator.model_type, cfg, expected=nn.Module)
+    "Build the generator named by `Generator.model_type` (a registered name or an import path) from `cfg`; prompt-conditioned with its own text encoder for Model.task prompt."
+    net = GENERATORS.build(cfg.Generator.model_type, cfg, expected=nn.Module)
+    return conditioned_on_text(net, cfg)

@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, EMA_KEY, ema_state, load_state_file, re
 
 # %% auto #0
 __all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'Predictor', 'load_predictor', 'output_format', 'write_image',
-           'predict_path']
+           'predict_path', 'generate_files']
 
 # %% ../nbs/13_inference.ipynb #c62d0baa
 def _check_int(name:str, v, lo:int, what:str=""):
@@ -209,8 +209,20 @@ def _check_bands(self, x:torch.Tensor):
         raise ValueError(f"Expected `lr` to have {self.in_bands} bands (Model.in_bands) but got {x.shape[-3]} "
                          f"(shape {tuple(x.shape)})")
 
+def _prompts(prompt, batch:int)->list[str]:
+    "One prompt per image: a string for all, or a list of `batch` strings."
+    if isinstance(prompt, str): return [prompt] * batch
+    if isinstance(prompt, (list, tuple)) and all(isinstance(q, str) for q in prompt):
+        if len(prompt) == batch: return list(prompt)
+        if len(prompt) == 1: return list(prompt) * batch
+    got = f"{len(prompt)} items" if isinstance(prompt, (list, tuple)) else type(prompt).__name__
+    raise ValueError(f"Expected the prompt to be a string or a list of {batch} strings (one per image) but got {got}")
+
 @patch_to(Predictor)
-def _cond_batch(self, cond, batch:int)->torch.Tensor|None:
+def _cond_batch(self, cond, batch:int)->torch.Tensor|list|None:
+    if getattr(self.task, "name", "") == "prompt":   # the generator embeds the prompts itself
+        if cond is None: raise ValueError("Expected a prompt (`cond` = a string or a list of strings) for a prompt model but got None")
+        return _prompts(cond, batch)
     if cond is None:
         if self.cond_dim: raise ValueError(f"Expected `cond` of shape ({batch}, {self.cond_dim}) (Model.cond_dim) but got None")
         return None
@@ -228,8 +240,8 @@ def _generate(self, xn:torch.Tensor, cond:torch.Tensor|None)->torch.Tensor:
     m = self.size_multiple
     ph, pw = -h % m, -w % m
     if ph or pw: xn = torch.nn.functional.pad(xn, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "replicate")
-    c = None
-    if cond is not None:
+    c = cond   # prompts (a list) go to the generator's own text encoder
+    if isinstance(cond, torch.Tensor):
         c = cond.to(self.device, torch.float32)
         if "cond" in self.normalisers: c = self.normalisers["cond"](c)
     ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
@@ -247,10 +259,15 @@ def _run(self, x:torch.Tensor, cond:torch.Tensor|None)->torch.Tensor:
         return out.to(home)
 
 # %% ../nbs/13_inference.ipynb #4763b7d8
+def _repeat(c, k:int):
+    "The conditioning of a batch for `k` tiles of each image (tiles come image by image, `k` rounds)."
+    if c is None: return None
+    return c * k if isinstance(c, list) else c.repeat(k, 1)
+
 @patch_to(Predictor)
 def predict(self,
              lr, # raw input image (C,H,W) or batch (B,C,H,W): numpy array or tensor, in data units (LR for SR)
-             cond=None, # conditioning embedding (E,) or (B,E), when the generator takes one (Model.cond_dim)
+             cond=None, # conditioning embedding (E,) or (B,E) (Model.cond_dim); prompt models: a prompt or one per image
              tile:int|None=None, # tile size in LR pixels; None = the whole image at once
              overlap:int=16, # tile overlap in LR pixels (tile > 2 * overlap)
              batch_size:int=4, # tiles per generator call
@@ -271,7 +288,7 @@ def predict(self,
         out = self._run(x, c)
     else:
         B = x.shape[0]
-        fn = lambda tiles: self._run(tiles, None if c is None else c.repeat(tiles.shape[0] // B, 1))
+        fn = lambda tiles: self._run(tiles, _repeat(c, tiles.shape[0] // B))
         out = predict_tiled(fn, x, self.scale, tile, overlap, batch_size, margin)
     out = out[0] if t.ndim == 3 else out
     return out.cpu().numpy() if is_np else out
@@ -305,15 +322,38 @@ def _inpaint(self, x, m, c, tile, overlap, batch_size, margin)->torch.Tensor:
     home = x.device
     with torch.no_grad():
         xd, md = x.to(self.device, torch.float32), m.to(self.device)
-        gin, _ = self.task.generator_input({"hr": self.normalisers["hr"](xd), "mask": md})
+        gin, _ = self.task.generator_input({"hr": self.normalisers["hr"](xd), "mask": md,
+                                            **({"prompt": c} if isinstance(c, list) else {})})
         if tile is None: out = self._generate(gin, c)
         else:
             B = x.shape[0]
-            fn = lambda tiles: self._generate(tiles, None if c is None else c.repeat(tiles.shape[0] // B, 1))
+            fn = lambda tiles: self._generate(tiles, _repeat(c, tiles.shape[0] // B))
             out = predict_tiled(fn, gin, 1, tile, overlap, batch_size, margin)
         out = self.normalisers["hr"].inverse(out)
         if self.value_range is not None: out = out.clamp(*self.value_range)
         return self.task.compose({"hr": xd, "mask": md}, out).to(home)
+
+@patch_to(Predictor)
+def generate(self,
+             prompts:str|Sequence[str], # a prompt, or one per image
+             size:int|None=None, # image side; None = the training crop (Data.lr_patch_size)
+             seed:int=0, # noise seed: the same seed gives the same noise whatever the prompts
+            )->torch.Tensor: # (N,C,size,size) raw units, on the CPU
+    "Images made from noise for `prompts` (a prompt model with Model.prompt_input noise)."
+    if getattr(self.task, "name", "") != "prompt" or self.task.given != "noise":
+        raise ValueError(f"Expected a prompt model that generates from noise but this predictor is for task {self.task.name!r}")
+    prompts = [prompts] if isinstance(prompts, str) else _prompts(prompts, len(prompts))
+    size = int(size or (self.config.Data.lr_patch_size if self.config is not None else 32))
+    if size < 1 or size % self.size_multiple:
+        raise ValueError(f"Expected `size` to be a positive multiple of {self.size_multiple} (the generator's size multiple) but got {size}")
+    bands = self.in_bands or 3
+    z = torch.randn((1, bands, size, size), generator=torch.Generator().manual_seed(int(seed)))
+    z = z.expand(len(prompts), -1, -1, -1).contiguous()   # one noise for every prompt: they differ by the prompt alone
+    with torch.no_grad():
+        x, c = self.task.generator_input({"noise": z.to(self.device), "prompt": prompts})
+        out = self.normalisers["hr"].inverse(self._generate(x, c))
+        if self.value_range is not None: out = out.clamp(*self.value_range)
+    return out.cpu()
 
 # %% ../nbs/13_inference.ipynb #a70bdb03
 def _describe(obj)->str:
@@ -413,9 +453,6 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
     if not trusted and (found := _import_paths(cfg)):
         raise CheckpointError(f"The config stored in '{path}' names code to import ({'; '.join(found)}); "
                               f"pass trust_imports=True if you trust this checkpoint")
-    if cfg.Model.task not in ("sr", "inpaint"):
-        raise CheckpointError(f"Expected '{path}' to hold a super-resolution or inpainting generator (Model.task 'sr' or "
-                              f"'inpaint') but got Model.task {cfg.Model.task!r}")
     vr = resolve_value_range(cfg, vr, read_files=False)  # given, or stored in the checkpoint, or the config's
     with torch.random.fork_rng(devices=[]): generator = build_generator(cfg)   # random init leaves the caller's RNG alone
     _load_strict(generator, gen_sd, f"{weights} generator weights" if norm_sd is not None else "generator weights", path,
@@ -525,6 +562,7 @@ def predict_path(predictor:Predictor, # from `load_predictor` or `Predictor.from
                  mask_seed:int=0, # seed of generated masks (image i gets mask_seed + i)
                  invert:bool=False, # mask files: 0 marks the hole
                  channels:str="error", # mask files with several channels: error, any, all or first
+                 prompt:str|None=None, # prompt models (LR or masked input): the prompt for every image
                 )->list[Path]: # the files written, in input order
     "Super-resolve (or inpaint) an image file or a folder of images into `output_dir`, each in its input's format."
     if tile is not None: _check_tiling(predictor.scale, tile, overlap, margin, batch_size)   # fail before any work
@@ -558,9 +596,39 @@ def predict_path(predictor:Predictor, # from `load_predictor` or `Predictor.from
                 warnings.warn(f"'{f}' has values in [{mn:g}, {mx:g}], outside the model's value range [{lo:g}, {hi:g}]; "
                               f"its outputs are clamped to that range", UserWarning)
         m = mask_of(f, arr.shape[-2:])
-        sr = predictor.predict(arr, cond=cond, tile=tile, overlap=overlap, batch_size=batch_size, margin=margin,
+        sr = predictor.predict(arr, cond=prompt if prompt is not None else cond, tile=tile, overlap=overlap, batch_size=batch_size, margin=margin,
                                mask=None if m is None else m.numpy())
         written.append(write_image(_to_dtype(sr, odt), dest))
         if m is not None and masks is None:           # a generated mask is written beside the result
             write_image((m.numpy() * 255).astype(np.uint8), dest.with_name(f"{dest.stem}.mask.png"))
+    return written
+
+def _slug(text:str, n:int=48)->str:
+    "A file-name-safe short form of a prompt."
+    out = "".join(ch if ch.isalnum() else "_" for ch in text.lower()).strip("_")
+    while "__" in out: out = out.replace("__", "_")
+    return out[:n].rstrip("_") or "unconditional"
+
+def generate_files(predictor:Predictor, # a prompt model generating from noise
+                   prompts:str|Sequence[str], # one or more prompts
+                   output_dir:str|Path, # folder for the images (created)
+                   count:int=1, # images per prompt (seeds seed, seed+1, ...)
+                   seed:int=0, # the first noise seed
+                   size:int|None=None, # image side; None = the training crop
+                  )->list[Path]: # the files written: <prompt>_s<seed>.png (8-bit data) or .npy
+    "Generate `count` images per prompt into `output_dir`, named by prompt and seed."
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1: raise ValueError(f"Expected `count` to be an int >= 1 but got {count!r}")
+    out_dir = Path(output_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir(): raise DataError(f"Expected `output_dir` to be a folder but '{out_dir}' is a file")
+    vr = predictor.value_range
+    eight_bit = vr is not None and vr[0] == 0 and vr[1] in (1.0, 255.0) and (predictor.out_bands or 3) in _PNG_MODES
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for k in range(count):
+        images = predictor.generate(prompts, size=size, seed=seed + k).numpy()
+        for q, img in zip(prompts, images):
+            dest = out_dir / f"{_slug(q)}_s{seed + k}{'.png' if eight_bit else '.npy'}"
+            arr = _to_dtype(img * (255.0 / vr[1]), np.dtype(np.uint8)) if eight_bit else img.astype(np.float32)
+            written.append(write_image(arr, dest))
     return written

@@ -8,6 +8,7 @@ Docs: https://gan-engine.github.io/gan_engine/module.html.md"""
 from __future__ import annotations
 import warnings
 from contextlib import contextmanager, nullcontext
+from typing import Sequence
 
 import torch
 import lightning as L
@@ -25,7 +26,8 @@ from .ema import GeneratorEMA, EMACallback
 from .tasks import build_task
 from .optim import optimizer_from_config, scheduler_from_config, clip_value
 from .loggers import log_histograms, log_images
-from .render import render_panels
+from .render import embedding_plot, render_panels
+from .shapes import all_specs, parse_prompt
 from .checkpoint import rank_rng, read_training_state, rng_state, set_rng_state, write_training_state
 from .checkpoint import set_optimization_mode, shift_logger_step
 
@@ -108,10 +110,10 @@ def phase(self)->str:
 # %% ../nbs/08_module.ipynb #2360ab72
 @patch_to(GANModule)
 def normalise_batch(self, batch:dict)->dict:
-    "A copy of `batch` with `lr`, `hr` and `cond` normalised by their branch's normaliser."
+    "A copy of `batch` with `lr`, `hr` and `cond` normalised by their branch's normaliser (prompt strings pass as they are)."
     out = dict(batch)
     for b in ("lr", "hr", "cond"):
-        if b in batch: out[b] = self.normalisers[b](batch[b])
+        if isinstance(batch.get(b), torch.Tensor): out[b] = self.normalisers[b](batch[b])
     return out
 
 @patch_to(GANModule)
@@ -429,7 +431,7 @@ def validation_step(self, batch:dict, batch_idx:int):
     self.log_dict({f"val/{k}": m for k, m in self.val_metrics.items()}, on_step=False, on_epoch=True, batch_size=len(image))
     self._keep_panels(batch, image, raw if self.task.composes else None)
     # raw units, for extra validation callbacks
-    return {"sr": image, "hr": batch["hr"].float(), **{k: batch[k] for k in ("lr", "mask") if k in batch}}
+    return {"sr": image, "hr": batch["hr"].float(), **{k: batch[k] for k in ("lr", "mask", "prompt") if k in batch}}
 
 @patch_to(GANModule)
 def on_validation_epoch_start(self): self._panels_kept = 0
@@ -439,7 +441,9 @@ def _keep_panels(self, batch, out, generated=None):
     n = self.cfg.Logging.num_val_images - self._panels_kept
     if n <= 0: return
     new = {k: v[:n].detach().float().cpu() for k, v in self.task.panels(batch, out, generated).items()}
+    prompts = list(batch["prompt"][:n]) if "prompt" in batch else []
     self.val_panels = new if self._panels_kept == 0 else {k: torch.cat([self.val_panels[k], v]) for k, v in new.items()}
+    self.val_prompts = prompts if self._panels_kept == 0 else self.val_prompts + prompts
     self._panels_kept += len(next(iter(new.values())))
 
 @patch_to(GANModule)
@@ -447,9 +451,37 @@ def on_validation_epoch_end(self):
     n, last = self.cfg.Logging.images_every_n_steps, getattr(self, "_last_image_step", None)
     if self.trainer.sanity_checking or not n or not self.val_panels or not self.loggers: return
     if last is not None and self.g_step - last < n: return
-    grid = render_panels(self.val_panels, self.value_range, self.cfg.Logging.display_bands, labels=True)
-    log_images(self.loggers, "val/panels", grid, self.g_step, caption=" | ".join(self.val_panels))
+    prompts = getattr(self, "val_prompts", None) or None   # the prompt task: each sample's prompt under its row
+    grid = render_panels(self.val_panels, self.value_range, self.cfg.Logging.display_bands, labels=True, row_labels=prompts)
+    caption = " | ".join(self.val_panels) + ("\n" + "\n".join(prompts) if prompts else "")
+    log_images(self.loggers, "val/panels", grid, self.g_step, caption=caption)
+    if self.cfg.Model.task == "prompt": self._log_embeddings()
     self._last_image_step = self.g_step
+
+# %% ../nbs/08_module.ipynb #81ee53cb
+@patch_to(GANModule)
+def prompt_embeddings(self, prompts:Sequence[str]|None=None, # None = every captioned-shapes prompt, or the kept validation prompts
+                      raw:bool=False, # the training generator's encoder instead of the EMA one
+                     )->tuple[list[str], torch.Tensor]: # the prompts and their (N, Text.dim) embeddings
+    "The generator's embeddings of `prompts` (after its conditioning normaliser), on the CPU."
+    g = self.generator if raw or self.ema is None else self.ema.module
+    if not hasattr(g, "embed"): raise ValueError("Expected a prompt-conditioned generator (Model.task prompt) but it has no text encoder")
+    if prompts is None:
+        prompts = [s.prompts()[0] for s in all_specs()] if self.cfg.Data.source == "shapes" else \
+                  list(dict.fromkeys(getattr(self, "val_prompts", [])))
+    with torch.no_grad(): return list(prompts), g.embed(list(prompts)).float().cpu()
+
+@patch_to(GANModule)
+def _log_embeddings(self):
+    "The PCA map of the prompt embeddings, to every logger that takes images (`val/embeddings`)."
+    prompts, emb = self.prompt_embeddings()
+    if len(prompts) < 3: return
+    specs = [parse_prompt(q) for q in prompts]
+    colours = [s.colour if s else None for s in specs]
+    shapes = [s.shape if s else None for s in specs]
+    image = embedding_plot(emb, colours if any(colours) else None, shapes if any(shapes) else None,
+                           title=f"prompt embeddings, step {self.g_step}")
+    log_images(self.loggers, "val/embeddings", image, self.g_step, caption="PCA of the prompt embeddings")
 
 # %% ../nbs/08_module.ipynb #fbe33c32
 def _scheduled_validation(trainer)->bool:
@@ -477,26 +509,55 @@ def _feed_plateau(self):
 
 # %% ../nbs/08_module.ipynb #a5032e4d
 @patch_to(GANModule)
-def forward(self, lr:torch.Tensor, # raw input images (B,C,h,w), in data units: LR for sr, the image for inpaint
+def forward(self, lr:torch.Tensor|None=None, # raw input images (B,C,h,w), in data units: LR for sr, the image for inpaint
             cond:torch.Tensor|None=None, # optional conditioning embedding (B,E), raw
             raw:bool=False, # use the training weights even when EMA is on
-            mask:torch.Tensor|None=None, # (B,1,h,w) holes, 1 = missing (inpaint)
+            mask:torch.Tensor|None=None, # (B,1,h,w) holes, 1 = missing (inpaint, prompt with masked input)
+            prompt:Sequence[str]|None=None, # one prompt per image (prompt task)
+            noise:torch.Tensor|None=None, # (B,C,H,W) the noise input (prompt task from noise)
            )->torch.Tensor:
     "Raw-unit prediction: normalise, run the EMA generator (or the raw one), denormalise, compose."
     g = self.generator if raw or self.ema is None else self.ema.module
-    batch = {self.task.input_branch: lr, **({"cond": cond} if cond is not None else {}),
-             **({"mask": mask} if mask is not None else {})}
-    if "hr" in batch: self.task.check_batch(batch)   # inpainting: the image and its mask
+    given = {self.task.input_branch: lr, "cond": cond, "mask": mask, "prompt": None if prompt is None else list(prompt),
+             "noise": noise}
+    batch = {k: v for k, v in given.items() if v is not None}
+    if "hr" in batch: self.task.check_batch(batch)   # inpainting: the image and its mask (and prompts)
     x, c = self.task.generator_input(self.normalise_batch(batch))
-    dev = next(g.parameters()).device
-    out = g(x.to(dev), c.to(dev)) if c is not None else g(x.to(dev))
-    return self.task.compose(batch, self.denormalise(out.to(lr.device)))
+    dev, home = next(g.parameters()).device, x.device
+    out = g(x.to(dev), c.to(dev) if isinstance(c, torch.Tensor) else c) if c is not None else g(x.to(dev))
+    return self.task.compose(batch, self.denormalise(out.to(home)))
+
+@patch_to(GANModule)
+def generate(self, prompts:Sequence[str], # one image per prompt
+             size:int|None=None, # image side; None = Data.lr_patch_size
+             seed:int=0, # the noise: the same seed gives the same noise, whatever the prompts
+             raw:bool=False, # the training weights instead of the EMA ones
+            )->torch.Tensor: # (B,C,size,size) in raw units
+    "Images made from noise for `prompts` (Model.task prompt with Model.prompt_input noise), in eval mode."
+    if self.cfg.Model.task != "prompt" or self.cfg.Model.prompt_input != "noise":
+        raise ValueError(f"Expected a prompt model that generates from noise (Model.task prompt, prompt_input noise) but "
+                         f"this one has task {self.cfg.Model.task!r}" + (f", prompt_input {self.cfg.Model.prompt_input!r}"
+                         if self.cfg.Model.task == "prompt" else ""))
+    if isinstance(prompts, str) or not all(isinstance(q, str) for q in prompts):
+        raise ValueError(f"Expected `prompts` to be a list of strings but got {type(prompts).__name__}")
+    size = int(size or self.cfg.Data.lr_patch_size)
+    g = self.generator if raw or self.ema is None else self.ema.module
+    q = getattr(g, "size_multiple", 1)
+    if size % q: raise ValueError(f"Expected `size` to be a multiple of {q} (the generator's size multiple) but got {size}")
+    z = torch.randn((1, self.cfg.Model.in_bands, size, size), generator=torch.Generator().manual_seed(int(seed)))
+    z = z.expand(len(prompts), -1, -1, -1).contiguous()   # one noise for every prompt: they differ by the prompt alone
+    was = g.training
+    g.eval()
+    try:
+        with torch.no_grad(): return self(prompt=list(prompts), noise=z.to(next(g.parameters()).device), raw=raw).cpu()
+    finally: g.train(was)
 
 @patch_to(GANModule)
 def predict_step(self, batch, batch_idx:int):
     "The task's output in raw units for a batch (EMA weights when EMA is on): SR of `lr`, or the composite of `hr` and `mask`."
     if not isinstance(batch, dict): return self(batch)
-    return self(batch[self.task.input_branch], batch.get("cond"), mask=batch.get("mask"))
+    return self(batch.get(self.task.input_branch), batch.get("cond"), mask=batch.get("mask"), prompt=batch.get("prompt"),
+                noise=batch.get("noise"))
 
 # %% ../nbs/08_module.ipynb #1b703908
 @patch_to(GANModule)

@@ -65,7 +65,8 @@ def import_object(path:str, # "package.module:attribute"
 PROVIDERS = {  # the module that registers the built-ins of each kind of component
     "generator": "gan_engine.generators", "discriminator": "gan_engine.discriminators",
     "normaliser": "gan_engine.normalise", "task": "gan_engine.tasks",
-    "extra validation callback": "gan_engine.callbacks", "mask kind": "gan_engine.masks"}
+    "extra validation callback": "gan_engine.callbacks", "mask kind": "gan_engine.masks",
+    "text encoder": "gan_engine.text"}
 
 _REGISTRIES: dict = {}   # kind -> Registry, filled as registries are made
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['bands_to_rgb', 'to_pil', 'to_png', 'png_size', 'crop_region', 'stretch_limits', 'error_rgb', 'overlay_mask',
-           'render_panels', 'loss_plot_png']
+           'render_panels', 'loss_plot_png', 'embedding_plot']
 
 # %% ../nbs/10a_render.ipynb #cfc73281
 def bands_to_rgb(
@@ -109,6 +109,7 @@ def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images 
                   mask_keys:Sequence[str]=("mask",), # panels holding masks in [0, 1] (shown black and white)
                   labels:bool=False, # a header row naming each column (tiles enlarged to at least `min_tile` px for it)
                   min_tile:int=96, # with labels: enlarge tiles (nearest, integer factor) to at least this width
+                  row_labels:Sequence[str]|None=None, # a line of text under each sample's row (e.g. its prompt)
                  )->np.ndarray:
     "An (H,W,3) uint8 grid: one row per sample, one column per panel, a fixed band mapping."
     if not panels: raise ValueError("Expected at least one panel but got none")
@@ -126,7 +127,12 @@ def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images 
             b = bands if bands is not None and x.shape[0] > max(bands) else ((0, 1, 2) if x.shape[0] >= 3 else (0, 0, 0))
             grid[i * (H + pad):i * (H + pad) + H, j * (W + pad):j * (W + pad) + W] = bands_to_rgb(x, b, rng)
     out = (grid * 255).round().astype(np.uint8)
-    return _labelled(out, names, H, W, pad, min_tile) if labels else out
+    if labels: out = _labelled(out, names, H, W, pad, min_tile)
+    if row_labels is not None:
+        if len(row_labels) < n: raise ValueError(f"Expected a row label per sample ({n}) but got {len(row_labels)}")
+        f = max(1, -(-min_tile // W)) if labels else 1
+        out = _row_labelled(out, list(row_labels)[:n], H * f, pad, 14 if labels else 0)
+    return out
 
 # %% ../nbs/10a_render.ipynb #e24ae98e
 def _labelled(grid:np.ndarray, names:Sequence[str], H:int, W:int, pad:int, min_tile:int)->np.ndarray:
@@ -145,6 +151,24 @@ def _labelled(grid:np.ndarray, names:Sequence[str], H:int, W:int, pad:int, min_t
     draw, font = ImageDraw.Draw(head), ImageFont.load_default()
     for j, name in enumerate(names): draw.text((j * (W * f + pad) + 2, 1), str(name), fill="black", font=font)
     return np.concatenate([np.asarray(head), big])
+
+def _row_labelled(grid:np.ndarray, texts:Sequence[str], row_h:int, pad:int, top:int)->np.ndarray:
+    "The grid with a white strip of (wrapped, at most two lines of) text under each row of tiles."
+    import textwrap
+    from PIL import ImageDraw, ImageFont
+    font, width = ImageFont.load_default(), grid.shape[1]
+    chars = max(4, width // 6)                 # the default bitmap font is about 6 px per character
+    parts = [grid[:top]] if top else []
+    for i, text in enumerate(texts):
+        y = top + i * (row_h + pad)
+        parts.append(grid[y:y + row_h])
+        lines = textwrap.wrap(str(text), chars)[:2] or [""]
+        strip = Image.new("RGB", (width, 12 * len(lines) + 2), "white")
+        draw = ImageDraw.Draw(strip)
+        for k, line in enumerate(lines): draw.text((2, 1 + 12 * k), line, fill="black", font=font)
+        parts.append(np.asarray(strip))
+        if i < len(texts) - 1: parts.append(np.full((pad, width, 3), 255, np.uint8))
+    return np.concatenate(parts)
 
 # %% ../nbs/10a_render.ipynb #ed71a304
 def loss_plot_png(df, # the metric DataFrame (index = step), e.g. `DataFrameLogger.df`
@@ -185,3 +209,35 @@ def loss_plot_png(df, # the metric DataFrame (index = step), e.g. `DataFrameLogg
     for a in (ax1, ax2): a.tick_params(labelsize=7)
     buf = io.BytesIO(); fig.savefig(buf, format="png")
     return buf.getvalue()
+
+# %% ../nbs/10a_render.ipynb #dc8b96b7
+_MARKERS = {"circle": "o", "square": "s", "triangle": "^"}
+
+def embedding_plot(emb:torch.Tensor, # (N, D) vectors
+                   colours:Sequence[str|None]|None=None, # a label per vector for the colour (colour names are drawn in that colour)
+                   markers:Sequence[str|None]|None=None, # a label per vector for the marker
+                   title:str="embeddings", # plot title
+                   size:tuple=(4.5, 4.0), # figure size in inches
+                  )->np.ndarray: # (H, W, 3) uint8
+    "A scatter of `emb` on its first two principal components, as an RGB image."
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.colors import is_color_like
+    x = torch.as_tensor(emb).detach().float().cpu()
+    if x.ndim != 2 or len(x) < 2: raise ValueError(f"Expected `emb` to be (N, D) with N >= 2 but got {tuple(x.shape)}")
+    x = x - x.mean(0)
+    _, s, v = torch.linalg.svd(x, full_matrices=False)
+    xy = (x @ v[:2].T).numpy() if v.shape[0] >= 2 else np.c_[x @ v[:1].T, np.zeros(len(x))]
+    share = (s[:2] ** 2).sum() / (s ** 2).sum().clamp_min(1e-12)
+    fig = Figure(figsize=size, dpi=100); FigureCanvasAgg(fig); ax = fig.add_subplot()
+    cl, mk = list(colours or [None] * len(x)), list(markers or [None] * len(x))
+    palette = {c: (c if is_color_like(c) else matplotlib.colormaps["tab10"](i % 10)) for i, c in enumerate(dict.fromkeys(cl)) if c is not None}
+    for c in dict.fromkeys(cl):
+        for m in dict.fromkeys(mk):
+            keep = [i for i in range(len(x)) if cl[i] == c and mk[i] == m]
+            if keep: ax.scatter(xy[keep, 0], xy[keep, 1], s=22, c=[palette.get(c, "grey")], marker=_MARKERS.get(m, "o"),
+                                edgecolors="black", linewidths=0.4, label=f"{c or ''} {m or ''}".strip() or None)
+    ax.set_title(f"{title} (PC1-2: {float(share):.0%} of variance)", fontsize=8); ax.tick_params(labelsize=7)
+    fig.tight_layout(); fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()

@@ -1,4 +1,4 @@
-"""What a task needs from a batch, what it feeds the generator, how its output is composed, compared, judged and measured, and what is shown: super-resolution and inpainting with masks.
+"""What a task needs from a batch, what it feeds the generator, how its output is composed, compared, judged and measured, and what is shown: super-resolution, inpainting with masks, and prompt-conditioned generation.
 
 Docs: https://gan-engine.github.io/gan_engine/tasks.html.md"""
 
@@ -19,11 +19,13 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 from fastcore.basics import patch_to
 
 from .registry import ConfigError, Registry
-from .config import HOLE_FILLS
+from .config import HOLE_FILLS, PROMPT_INPUTS
+from .shapes import ATTRIBUTES, check_batch as read_shapes
 
 # %% auto #0
 __all__ = ['TASKS', 'Task', 'region_values', 'image_metrics', 'RegionMetric', 'SRTask', 'smooth_fill', 'fill_holes', 'composite',
-           'biharmonic_fill', 'boundary_tv', 'InpaintTask', 'build_task']
+           'biharmonic_fill', 'boundary_tv', 'InpaintTask', 'coordinate_channels', 'drop_prompts', 'AdherenceMetric',
+           'PromptTask', 'build_task']
 
 # %% ../nbs/07_tasks.ipynb #6abfdf13
 class Task:
@@ -394,17 +396,176 @@ def panels(self, batch, output, generated=None):
 @patch_to(InpaintTask)
 def discriminator_extra(self, batch): return batch["mask"] if self.mask_to_discriminator else None
 
+# %% ../nbs/07_tasks.ipynb #8a12d314
+def coordinate_channels(n:int, # batch size
+                        h:int, # height
+                        w:int, # width
+                        like:torch.Tensor|None=None, # device and dtype to follow
+                       )->torch.Tensor: # (n, 2, h, w): y then x, pixel centres in [-1, 1]
+    "Each pixel's position as two channels, for generators that must place things by words."
+    kw = dict(device=like.device, dtype=like.dtype) if like is not None else {}
+    ys = (torch.arange(h, **kw) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w, **kw) + 0.5) / w * 2 - 1
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij")).expand(n, 2, h, w)
+
+def drop_prompts(prompts:Sequence[str], # one prompt per sample
+                 p:float, # probability of replacing each by the empty prompt
+                 generator:torch.Generator|None=None, # random source (None = torch's global state)
+                )->list[str]:
+    "Prompts with a random share `p` replaced by the empty prompt (classifier-free-style dropout)."
+    if not p: return list(prompts)
+    keep = torch.rand(len(prompts), generator=generator) >= p
+    return [q if k else "" for q, k in zip(prompts, keep.tolist())]
+
+# %% ../nbs/07_tasks.ipynb #0cc10646
+class AdherenceMetric(Metric):
+    "Share of generated images whose attribute, read back by the shapes checker, matches the prompt's."
+    is_differentiable, higher_is_better, full_state_update = False, True, False
+    def __init__(self,
+                 attribute:str="all", # colour, shape, position, size, or all (every one right)
+                 group:str|None=None, # count only samples of this meta group (e.g. held_out); None = all
+                 **kwargs, # torchmetrics Metric options
+                ):
+        super().__init__(**kwargs)
+        if attribute not in (*ATTRIBUTES, "all"):
+            raise ValueError(f"Expected `attribute` to be one of {[*ATTRIBUTES, 'all']} but got {attribute!r}")
+        self.attribute, self.group = attribute, group
+        self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, readings:Sequence[Mapping], # checker readings, one per image
+               specs:Sequence[Mapping], # the attributes each prompt asked for
+               groups:Sequence[str|None]|None=None, # each sample's group
+              ):
+        if len(readings) != len(specs):
+            raise ValueError(f"Expected one spec per reading but got {len(specs)} specs for {len(readings)} readings")
+        groups = groups if groups is not None else [None] * len(specs)
+        names = ATTRIBUTES if self.attribute == "all" else (self.attribute,)
+        for r, s, g in zip(readings, specs, groups):
+            if self.group is not None and g != self.group: continue
+            self.total += 1
+            self.correct += float(all(r.get(a) == s[a] for a in names))
+
+    def compute(self)->torch.Tensor:
+        return self.correct / self.total if self.total > 0 else torch.tensor(float("nan"), device=self.correct.device)
+
+# %% ../nbs/07_tasks.ipynb #24129549
+class PromptTask(Task):
+    "Prompt-conditioned generation: a prompt and noise (or an LR or masked image) in, an image out."
+    name = "prompt"
+    def __init__(self,
+                 given:str="noise", # the image input: noise, lr or masked (Model.prompt_input)
+                 dropout:float=0.0, # share of training prompts dropped (Model.prompt_dropout)
+                 base:Task|None=None, # the task of the image input (SRTask for lr, InpaintTask for masked)
+                 seed:int=0, # seed of the fixed validation noise (Training.seed)
+                 shapes:bool=False, # the data are captioned shapes: measure adherence with the checker
+                ):
+        if given not in PROMPT_INPUTS: raise ValueError(f"Expected `given` to be one of {PROMPT_INPUTS} but got {given!r}")
+        if (base is None) != (given == "noise"):
+            raise ValueError(f"Expected a base task exactly when `given` is not 'noise' but got given={given!r}, base={base!r}")
+        self.given, self.dropout, self.base, self.seed, self.shapes = given, float(dropout), base, int(seed), bool(shapes)
+        self.required_keys = ("hr", "prompt") + tuple(k for k in (base.required_keys if base else ()) if k != "hr")
+        self.input_branch = base.input_branch if base else "hr"
+        self.branches = base.branches if base else ("hr",)
+        self.composes = base.composes if base else False
+
+    @classmethod
+    def from_config(cls, cfg)->"PromptTask":
+        m = cfg.Model
+        base = {"noise": None, "lr": lambda: SRTask(cfg.Data.scale), "masked": lambda: InpaintTask.from_config(cfg)}[m.prompt_input]
+        return cls(m.prompt_input, m.prompt_dropout, base() if base else None, cfg.Training.seed, cfg.Data.source == "shapes")
+
+    def check_batch(self, batch:Mapping):
+        "The base task's checks, and one prompt (a string) per image."
+        Task.check_batch(self, batch)
+        if self.base is not None: self.base.check_batch(batch)
+        ps, n = batch["prompt"], len(batch["hr"])
+        if not isinstance(ps, (list, tuple)) or len(ps) != n or not all(isinstance(q, str) for q in ps):
+            got = f"{type(ps).__name__} of {len(ps)}" if isinstance(ps, (list, tuple)) else type(ps).__name__
+            raise ValueError(f"Expected `prompt` to be a list of {n} strings (one per image) but got {got}")
+
+# %% ../nbs/07_tasks.ipynb #e46dc6bf
+@patch_to(PromptTask)
+def noise(self, batch:Mapping, train:bool=False)->torch.Tensor:
+    "The noise image: `batch['noise']` when given; fresh in training; else fixed per item (Training.seed, meta index)."
+    if "noise" in batch: return batch["noise"]
+    hr = batch["hr"]
+    if train: return torch.randn(hr.shape, device=hr.device, dtype=hr.dtype)
+    index = [int((m or {}).get("index", i)) for i, m in enumerate(batch.get("meta") or [{}] * len(hr))]
+    return torch.stack([torch.randn(hr.shape[1:], generator=torch.Generator().manual_seed(self.seed * 1_000_003 + i))
+                        for i in index]).to(hr.device, hr.dtype)
+
+@patch_to(PromptTask)
+def generator_input(self, batch, train=False):
+    "The image input (noise and coordinates, or the base task's) and the prompts (some dropped in training)."
+    prompts = drop_prompts(batch["prompt"], self.dropout) if train else list(batch["prompt"])
+    if self.base is not None: return self.base.generator_input(batch, train)[0], prompts
+    z = self.noise(batch, train)
+    return torch.cat([z, coordinate_channels(len(z), *z.shape[-2:], like=z)], 1), prompts
+
+@patch_to(PromptTask)
+def compose(self, batch, generated): return self.base.compose(batch, generated) if self.base else generated
+@patch_to(PromptTask)
+def losses(self, batch, generated, output): return self.base.losses(batch, generated, output) if self.base else (0.0, {})
+@patch_to(PromptTask)
+def discriminator_extra(self, batch): return self.base.discriminator_extra(batch) if self.base else None
+@patch_to(PromptTask)
+def baselines(self, batch): return self.base.baselines(batch) if self.base else {}
+@patch_to(PromptTask)
+def shown_input(self, batch): return self.base.shown_input(batch) if self.base else self.noise(batch)[:, :batch["hr"].shape[1]]
+
+# %% ../nbs/07_tasks.ipynb #e28421f9
+_GROUPS = {"": None, "_heldout": "held_out"}
+
+@patch_to(PromptTask)
+def metrics(self, value_range):
+    "The base task's metrics, and with captioned shapes the adherence per attribute, overall and on held-out pairs."
+    out = self.base.metrics(value_range) if self.base else {}
+    if self.shapes:
+        for sfx, group in _GROUPS.items():
+            out.update({f"adherence_{a}{sfx}": AdherenceMetric(a, group) for a in (*ATTRIBUTES, "all")})
+    return out
+
+def _specs(batch:Mapping)->tuple[list, list]:
+    "The attributes each sample's prompt asked for, and each sample's group, from `meta`."
+    meta = batch.get("meta") or []
+    if len(meta) != len(batch["hr"]) or not all(isinstance(m, Mapping) and "spec" in m for m in meta):
+        raise ValueError("Expected each sample's meta to hold the `spec` of its captioned shape (Data.source shapes)")
+    return [m["spec"] for m in meta], [m.get("group") for m in meta]
+
+@patch_to(PromptTask)
+def update_metrics(self, metrics, batch, output, baselines):
+    "The base task's metrics, then one checker reading per image shared by every adherence metric."
+    if self.base is not None:
+        self.base.update_metrics({k: v for k, v in metrics.items() if not k.startswith("adherence_")}, batch, output, baselines)
+    if not self.shapes: return
+    readings, (specs, groups) = read_shapes(output.float().clamp(0, 1)), _specs(batch)
+    for name, metric in metrics.items():
+        if name.startswith("adherence_"): metric.update(readings, specs, groups)
+
+@patch_to(PromptTask)
+def sample_metrics(self, pred, batch, value_range):
+    "The base task's per-sample metrics; with captioned shapes, the share of the four attributes read back right."
+    out = self.base.sample_metrics(pred, batch, value_range) if self.base else {}
+    if self.shapes:
+        readings, (specs, _) = read_shapes(pred.float().clamp(0, 1)), _specs(batch)
+        out["adherence"] = torch.tensor([sum(r.get(a) == s[a] for a in ATTRIBUTES) / len(ATTRIBUTES)
+                                         for r, s in zip(readings, specs)])
+    return out
+
+@patch_to(PromptTask)
+def panels(self, batch, output, generated=None):
+    "The base task's panels; from noise: the generated image beside a real image of the same prompt."
+    if self.base is not None: return self.base.panels(batch, output, generated)
+    return {"generated": output, "a real image of the prompt": batch["hr"]}
+
 # %% ../nbs/07_tasks.ipynb #b6fbe78b
 TASKS = Registry.of("task", "Model.task")
 TASKS.register("sr", lambda cfg: SRTask(cfg.Data.scale))
 TASKS.register("inpaint", InpaintTask.from_config)
 
-_PLANNED = {"prompt": "prompt-conditioned generation"}
+TASKS.register("prompt", PromptTask.from_config)
 
 def build_task(cfg)->Task:
     "The `Task` named by `cfg.Model.task`."
-    name = cfg.Model.task
-    if name in _PLANNED and name not in TASKS:
-        raise ConfigError(f"Model.task: '{name}' ({_PLANNED[name]}) is not available in this version of gan_engine; "
-                          f"available tasks: {TASKS.names()}")
-    return TASKS.get(name)(cfg)
+    return TASKS.get(cfg.Model.task)(cfg)

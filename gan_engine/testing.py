@@ -25,7 +25,7 @@ __all__ = ['tiny_config', 'fit_tiny']
 # %% ../nbs/15_testing.ipynb #c584500a
 def tiny_config(samples:str|Path|None=None, # the shipped data_samples folder (found if None)
                 overrides:Sequence[str]=(), # dotted KEY=VALUE overrides
-                task:str="sr", # sr (x2) or inpaint (16-px crops, a 2-level U-Net, generated masks)
+                task:str="sr", # sr (x2), inpaint (16-px crops, a 2-level U-Net, generated masks) or prompt (16-px captioned shapes)
                )->Config:
     "A seconds-long CPU config on `data_samples/sr`, for tests and docs."
     s = Path(samples) if samples is not None else find_samples()
@@ -42,7 +42,15 @@ def tiny_config(samples:str|Path|None=None, # the shipped data_samples folder (f
         base["Model"] = {"task": "inpaint"}
         base["Data"].update(lr_patch_size=16, masks={"hole_area": [0.1, 0.3]})
         base["Generator"] = {"n_channels": 8, "unet_depth": 2}
-    elif task != "sr": raise ValueError(f"Expected `task` to be 'sr' or 'inpaint' but got {task!r}")
+    elif task == "prompt":
+        base["Model"] = {"task": "prompt"}
+        base["Data"] = {"source": "shapes", "lr_patch_size": 16, "train_batch_size": 4, "val_batch_size": 4,
+                        "shapes": {"train_count": 64, "val_count": 8}}
+        base["Generator"] = {"n_channels": 8, "unet_depth": 2}
+        base["Text"] = {"dim": 16, "buckets": 256}
+        base["Discriminator"] = {"model_type": "standard", "base_channels": 8, "n_blocks": 4, "linear_size": 16}
+        base["Callbacks"] = {"checkpoint": {"monitor": "val/adherence_all"}}
+    elif task != "sr": raise ValueError(f"Expected `task` to be 'sr', 'inpaint' or 'prompt' but got {task!r}")
     return load_config(base, overrides)
 
 # %% ../nbs/15_testing.ipynb #1564a04a

@@ -28,6 +28,7 @@ def _bounds(slider, lo, hi, value):
 _PANELS = {"lr": "LR (bicubic)", "sr": "SR", "hr": "HR", "error": "|SR − HR|", "mask": "mask on HR"}
 _INPAINT_PANELS = {"lr": "masked input", "mask": "mask on target", "gen": "output", "sr": "composite", "hr": "target",
                    "error": "|error| in hole"}
+_PROMPT_PANELS = {"sr": "generated", "hr": "a real image of the prompt"}   # generation from noise: no input to show
 _ALL_PANELS = [*_PANELS, "gen"]
 PLACED_BOX, MIXTURE = "placed box", "mixture"
 
@@ -83,6 +84,7 @@ def _build_controls(self, error_scale:float):
               self.zoom, self.x, self.y, self.error_max):
         w.observe(self._changed, names="value")
     self._build_mask_controls()
+    self._build_prompt_controls()
 
 @patch_to(Inspector)
 def _build_mask_controls(self):
@@ -121,9 +123,27 @@ def _assemble(self):
     controls = W.VBox([W.HBox([self.sample, self.step, self.step_label, label("weights"), self.weights]),
                        W.HBox([*self.rgb, label("stretch"), self.stretch, self.limits, self.percentiles]),
                        W.HBox([self.zoom, self.x, self.y, self.error_max]), self.mask_row])
-    self.widget = W.VBox([self.message, controls, W.HBox([self.panels, self.metrics]), self.prompt],
+    self.widget = W.VBox([self.message, controls, W.HBox([self.panels, self.metrics]), self.prompt, self.prompt_row],
                          layout=W.Layout(width="auto"))
     self.widget.add_class("gan-engine-inspector")
+
+@patch_to(Inspector)
+def _build_prompt_controls(self):
+    "Prompt task: a text box, a noise seed and a Generate button, and the result (hidden for other tasks)."
+    self.prompt_text = W.Text(description="prompt", placeholder="a small red triangle in the top left",
+                              layout=W.Layout(width="420px"), continuous_update=False)
+    self.prompt_seed = W.BoundedIntText(description="seed", value=0, min=0, max=2**31 - 1, layout=W.Layout(width="150px"))
+    self.generate_button = W.Button(description="Generate", icon="magic",
+                                    tooltip="run the current generator (EMA and raw weights) on this prompt")
+    self.generate_button.add_class("gan-engine-generate")
+    self.generate_button.on_click(lambda _: self.try_prompt())
+    self.prompt_text.observe(lambda ch: self.try_prompt(), names="value")   # Enter in the box
+    self.tried = W.Image(format="png", layout=W.Layout(width="auto", height=f"{self.display_size}px", object_fit="contain"))
+    self.tried.add_class("gan-engine-tried")
+    self.tried_info = W.HTML()
+    self.prompt_row = W.VBox([W.HBox([self.prompt_text, self.prompt_seed, self.generate_button]),
+                              W.HBox([self.tried, self.tried_info])], layout=W.Layout(display="none"))
+    self._tries_shown = 0
 
 # %% ../nbs/12_widgets.ipynb #8ca3bbca
 @patch_to(Inspector, as_prop=True)
@@ -156,7 +176,9 @@ def state(self)->dict:
             "limits": tuple(self.limits.value if self.stretch.value == "range" else self.percentiles.value),
             "region": self.region, "error_max": self.error_max.value, "panels": self.visible_panels,
             "prompt": self.prompt.layout.display != "none", "note": e.note if e else "",
-            "mask_kind": self.mask_kind.value if self.mask_row.layout.display != "none" else None}
+            "mask_kind": self.mask_kind.value if self.mask_row.layout.display != "none" else None,
+            "typed_prompt": self.shown_try.prompt if getattr(self, "shown_try", None) is not None else None,
+            "typed_seed": self.shown_try.seed if getattr(self, "shown_try", None) is not None else None}
 
 # %% ../nbs/12_widgets.ipynb #568b6891
 @patch_to(Inspector)
@@ -182,6 +204,8 @@ def refresh(self)->int:
                 else: self.step.value = int(np.argmin([abs(e.step - old_step) for e in entries]))
         finally: self._hold = False
         self.render()
+        tries = list(getattr(self.capture, "prompt_tries", []) or [])
+        if len(tries) != self._tries_shown: self.show_try(tries[-1] if tries else None); self._tries_shown = len(tries)
         return len(entries)
 
 @patch_to(Inspector)
@@ -209,6 +233,7 @@ def _configure(self, e:Capture):
         self.mask_kind.options = [MIXTURE, *MASK_KINDS.names(), PLACED_BOX]
         for s, top, v in zip(self.box, (Wd - 1, H - 1, Wd, H), (Wd // 4, H // 4, Wd // 3, H // 3)): _bounds(s, s.min if s.description in ("box x", "box y") else 1, top, v)
         self.mask_row.layout.display = None
+    if e.prompt is not None: self.prompt_row.layout.display = None   # the prompt task: type any prompt
     self._sync_region()
     self._configured = True
 
@@ -241,6 +266,39 @@ def new_mask(self)->Capture|None:
     self.refresh()
     return e
 
+@patch_to(Inspector)
+def try_prompt(self, text:str|None=None)->object:
+    "Run the current generator on the typed prompt (or `text`) with the chosen seed; show it when it is ready."
+    text = self.prompt_text.value if text is None else text
+    try: got = self.capture.try_prompt(text, seed=int(self.prompt_seed.value))
+    except ValueError as err:   # shown, not swallowed by the widget machinery
+        self.message.value = f"<span style='color:#cf222e'>{html.escape(str(err))}</span>"; return None
+    if got is None:
+        self.message.value = f"<i>Prompt queued: “{html.escape(text)}” appears after the next training step.</i>"
+        return None
+    self.message.value = ""
+    self.refresh()
+    return got
+
+@patch_to(Inspector)
+def show_try(self, t):
+    "Draw a typed prompt's result: the images (EMA, raw) side by side and the checker's reading."
+    self.shown_try = t
+    if t is None: self.tried.value, self.tried_info.value = b"", ""; return
+    lo, hi = self.capture.value_range or (float(t.image.min()), float(t.image.max()))
+    bands, imgs = list(self.bands), [t.image] + ([t.image_raw] if t.image_raw is not None else [])
+    tiles = [bands_to_rgb(im[0], bands, (lo, hi)) for im in imgs]
+    row = np.concatenate([np.pad(x, ((0, 0), (0, 2), (0, 0)), constant_values=1.0) for x in tiles], 1)[:, :-2]
+    self.tried.value = to_png(row, self.display_size)
+    names = ["EMA", "raw"] if t.image_raw is not None else ["generator"]
+    info = f"<b>“{html.escape(t.prompt)}”</b><br>seed {t.seed}, weights of step {t.step}; left to right: {', '.join(names)}"
+    if t.readings is not None:
+        r = t.readings[0]
+        cells = "".join(f"<tr><td>{a}</td><td>{html.escape(str(r.get(a)))}</td><td>{'' if t.matches is None else ('✓' if t.matches[a] else '✗')}</td></tr>"
+                        for a in r)
+        info += f"<table><tr><th>read back</th><th></th><th>as asked</th></tr>{cells}</table>"
+    self.tried_info.value = f"<div style='padding-left:8px'>{info}</div>"
+
 # %% ../nbs/12_widgets.ipynb #a18f324d
 @patch_to(Inspector)
 def render(self):
@@ -261,20 +319,21 @@ def render(self):
         i, raw, bands, reg = self.sample.value, self.raw and e.has_raw, list(self.bands), self.region
         lo, hi = self.capture.value_range or (float(e.hr.min()), float(e.hr.max()))
         sr = e.output(raw)[i]
-        inpaint = e.generated is not None
-        views = {"lr": crop_region(e.lr[i] if inpaint else e.lr_up[i], reg), "sr": crop_region(sr, reg),
-                 "hr": crop_region(e.hr[i], reg)}
+        inpaint, generation = e.generated is not None, e.lr_up is None and e.generated is None
+        views = {"sr": crop_region(sr, reg), "hr": crop_region(e.hr[i], reg)}
+        if not generation: views["lr"] = crop_region(e.lr[i] if inpaint else e.lr_up[i], reg)
         if inpaint: views["gen"] = crop_region(e.generator_output(raw)[i], reg)
         s_lo, s_hi = stretch_limits(views["hr"], bands, self.stretch.value,
                                     self.limits.value if self.stretch.value == "range" else self.percentiles.value)
         rgb = {k: bands_to_rgb(v, bands, (s_lo, s_hi)) for k, v in views.items()}
         err = (views["sr"] - views["hr"]).abs()
         if inpaint: err = err * crop_region(e.mask[i], reg)
-        rgb["error"] = error_rgb(err, self.error_max.value * (hi - lo))
+        if not generation: rgb["error"] = error_rgb(err, self.error_max.value * (hi - lo))
         if e.mask is not None: rgb["mask"] = overlay_mask(rgb["hr"], crop_region(e.mask[i], reg))
         self.png = {k: to_png(v, self.display_size) for k, v in rgb.items()}
         for k, b in self.png.items(): self.images[k].value = b
-        names, weights = (_INPAINT_PANELS if inpaint else _PANELS), ('raw' if raw else 'EMA' if e.has_raw else 'generator')
+        names = _INPAINT_PANELS if inpaint else _PROMPT_PANELS if generation else _PANELS
+        weights = 'raw' if raw else 'EMA' if e.has_raw else 'generator'
         for k, t in names.items(): self.titles[k].value = f"<b>{t}</b>"
         self.titles["gen" if inpaint else "sr"].value = f"<b>{names['gen' if inpaint else 'sr']} ({weights})</b>"
         self.panels.children = [self._boxes[k] for k in names if k in self.png]
@@ -294,13 +353,17 @@ def stretch_sliders(self):
 @patch_to(Inspector)
 def _metrics_html(self, e:Capture, i:int, raw:bool)->str:
     m, sfx = e.metrics, "_raw" if raw else ""
+    lr = f"<br>lr_g {e.lr_g:.2e}" if e.lr_g is not None else ""
+    if "psnr" not in m:   # generation from a prompt: no reference to compare with, adherence when it is measured
+        own = {k: v for k, v in m.items() if (k.endswith("_raw") if raw else not k.endswith("_raw"))}
+        body = "".join(f"<tr><td>{html.escape(k.removesuffix('_raw'))}</td><td>{float(v[i]):.2f}</td></tr>" for k, v in own.items())
+        return f"<div style='padding-left:8px'><b>step {e.step}</b>, sample {i}{lr}<table>{body}</table></div>"
     cols = ["psnr", "ssim"] + (["psnr_hole", "ssim_hole"] if "psnr_hole" in m else [])
     names = ("composite", "mean fill") if e.generated is not None else ("SR", "bicubic")
     rows = [(names[0], [m[f"{c}{sfx}"][i] for c in cols]), (names[1], [m[f"{c}_baseline"][i] for c in cols])]
     fmt = lambda c, v: f"{float(v):.2f}" if c.startswith("psnr") else f"{float(v):.4f}"
     body = "".join(f"<tr><td>{n}</td>" + "".join(f"<td>{fmt(c, v)}</td>" for c, v in zip(cols, vs)) + "</tr>" for n, vs in rows)
     head = "".join(f"<th>{c.replace('_hole', ' hole').upper().replace(' HOLE', ' hole')}</th>" for c in cols)
-    lr = f"<br>lr_g {e.lr_g:.2e}" if e.lr_g is not None else ""
     return (f"<div style='padding-left:8px'><b>step {e.step}</b>, sample {i}{lr}"
             f"<table><tr><th></th>{head}</tr>{body}</table></div>")
 
@@ -394,9 +457,13 @@ def refresh(self):
         df = self.session.metrics
         rows = (len(df), tuple(df.columns)) if df is not None else None
         if rows != self._plot_rows or self.plot.value == b"":
-            inpaint = getattr(getattr(self.module, "task", None), "name", "") == "inpaint"
-            keys = dict(loss_keys=("train/loss_g", "train/hole_l1", "train/loss_d"),
-                        val_keys=("val/psnr_hole", "val/psnr_hole_meanfill", "val/psnr_hole_biharmonic")) if inpaint else {}
+            task = getattr(self.module, "task", None)
+            keys = {"inpaint": dict(loss_keys=("train/loss_g", "train/hole_l1", "train/loss_d"),
+                                    val_keys=("val/psnr_hole", "val/psnr_hole_meanfill", "val/psnr_hole_biharmonic"))
+                   }.get(getattr(task, "name", ""), {})
+            if getattr(task, "shapes", False):   # prompt adherence read back by the shapes checker
+                keys = dict(loss_keys=("train/loss_g", "train/loss_d"),
+                            val_keys=("val/adherence_all", "val/adherence_all_heldout", "val/adherence_colour", "val/adherence_shape"))
             self.plot.value = loss_plot_png(df, **keys); self._plot_rows = rows
         self.inspector.refresh()
 

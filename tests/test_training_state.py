@@ -222,6 +222,22 @@ def test_fit_resumed_from_last_ckpt_equals_one_run(tmp_path, stop):
     pd.testing.assert_series_equal(a["train/loss_g"].dropna(), b["train/loss_g"].dropna())   # one history, same values
 
 
+@pytest.mark.parametrize("stop", [2, 3, 4])   # mid-epoch, the epoch's last batch, the next epoch's first
+def test_stop_and_resume_without_validation_keeps_the_data_order(tmp_path, stop):
+    """Validation off and a checkpoint every 3 steps: the stop's checkpoint ends Lightning's epoch early, so on resume
+    Lightning starts (or ends) an epoch where the data pass has not; the loader continues its own pass. Before: the
+    resumed run trained on another epoch's batches from the step after the stop."""
+    ov = ["Training.max_steps=7", "Training.g_pretrain_steps=2", "Training.val_every_n_steps=0", "Trainer.limit_val_batches=0",
+          "Callbacks.checkpoint.every_n_steps=3", "Trainer.log_every_n_steps=1"]
+    one = fit(cfg_in(tmp_path / "one", *ov))
+    part = fit(cfg_in(tmp_path / "two", *ov), callbacks=[StopAt(stop)])
+    resumed = fit(cfg_in(tmp_path / "two", *ov), resume=part.run_dir / "checkpoints" / "last.ckpt")
+    assert resumed.module.g_step == 7
+    a, b = (pd.read_csv(r.run_dir / "metrics.csv", index_col="step") for r in (one, resumed))
+    pd.testing.assert_series_equal(a["train/loss_g"].dropna(), b["train/loss_g"].dropna())
+    assert same(one.module.state_dict(), resumed.module.state_dict())
+
+
 def test_pretrained_run_continues_adversarially(tmp_path):
     "A run that is all pretraining has its discriminator: resuming with a larger max_steps trains it."
     first = fit(cfg_in(tmp_path / "run", "Training.max_steps=4", "Training.g_pretrain_steps=4", "Training.val_every_n_steps=2"))
