@@ -95,7 +95,7 @@ def main(argv=None):
     print(f"{cpu_per_step:.3f} CPU-s per generator step: {steps} steps planned ({pre} before the discriminator joins)")
     cfg = base.override(f"Logging.output_dir={out_dir / 'run'}", f"Training.max_steps={steps}",
                         f"Training.g_pretrain_steps={pre}", f"Training.val_every_n_steps={max(100, steps // 5)}",
-                        "Trainer.enable_progress_bar=false")
+                        "Trainer.enable_progress_bar=false", "Trainer.enable_model_summary=false")
     L.seed_everything(cfg.Training.seed, verbose=False)
     untrained = GANModule(cfg, value_range=(0.0, 1.0))
     wall0, cpu0 = time.perf_counter(), time.process_time()
@@ -124,7 +124,7 @@ def _cpu_seconds_per_step(cfg, out_dir: Path) -> float:
 
     clock = Clock()
     fit(cfg.override(f"Logging.output_dir={out_dir / 'clock'}", "Training.max_steps=30", "Training.g_pretrain_steps=0",
-                     "Training.val_every_n_steps=0", "Trainer.limit_val_batches=0", "Trainer.enable_progress_bar=false"),
+                     "Training.val_every_n_steps=0", "Trainer.limit_val_batches=0", "Trainer.enable_progress_bar=false", "Trainer.enable_model_summary=false"),
         callbacks=[clock])
     return (clock.t[29] - clock.t[10]) / 19
 

@@ -123,7 +123,7 @@ SCHEMA["Model"] = {
 
 # %% ../nbs/00_config.ipynb #92b08c72
 SCHEMA["Generator"] = {
-    "model_type": _key(None, "str", "generator architecture; null = srresnet for sr, unet for inpaint and prompt", registry="generator", nullable=True),
+    "model_type": _key(None, "str", "generator architecture; null = srresnet for sr (and prompt with an lr input), latent for prompt from noise, else unet", registry="generator", nullable=True),
     "block_type": _key("standard", "str", "residual block of the SRResNet trunk", choices=("standard", "res", "rcab", "rrdb", "lka")),
     "n_channels": _key(64, "int", "feature channels of the trunk", lo=1),
     "n_blocks": _key(16, "int", "number of residual blocks", lo=1),
@@ -135,6 +135,7 @@ SCHEMA["Generator"] = {
     "use_icnr": _key(True, "bool", "ICNR initialisation of pixel-shuffle convolutions (no checkerboard at start)"),
     "reduction": _key(16, "int", "channel-attention reduction of RCAB blocks", lo=1),
     "unet_depth": _key(4, "int", "down/up levels of the U-Net generator", lo=1, hi=8),
+    "latent_dim": _key(64, "int", "latent generator: size of the latent vector made from the noise", lo=1),
     "extra_in_channels": _key(None, "int", "input channels beside the image; null = what the task feeds (1, the mask, for inpaint; else 0)", lo=0, nullable=True),
     "global_residual": _key("none", "str", "add an upsampled copy of the input to the output, so training starts from it (needs in_bands == out_bands; same-size generators add the input image itself)", choices=("none", "nearest", "bilinear", "bicubic")),
 }
@@ -466,7 +467,8 @@ def _cross_checks(c:dict, problems:list):
     d, m, g, t, losses = c["Data"], c["Model"], c["Generator"], c["Training"], c["Training"]["Losses"]
     if m["out_bands"] is None: m["out_bands"] = m["in_bands"]
     sr = m["task"] == "sr" or m["task"] == "prompt" and m["prompt_input"] == "lr"   # the output is larger than the input
-    if g["model_type"] is None: g["model_type"] = "srresnet" if sr else "unet"  # the one place these are derived
+    if g["model_type"] is None:   # the one place these are derived
+        g["model_type"] = "srresnet" if sr else "latent" if m["task"] == "prompt" and m["prompt_input"] == "noise" else "unet"
     if g["scaling_factor"] is None: g["scaling_factor"] = d["scale"] if sr else 1
     elif sr and g["scaling_factor"] != d["scale"]:
         problems.append(f"Generator.scaling_factor: {g['scaling_factor']} differs from Data.scale {d['scale']}; "

@@ -8,8 +8,8 @@ Docs: https://gan-engine.github.io/gan_engine/generators.html.md"""
 __all__ = ['BLOCK_TYPES', 'RESIDUAL_MODES', 'GENERATORS', 'check_image', 'check_divisible', 'check_cond', 'check_odd', 'conv',
            'FiLM', 'StandardBlock', 'ResBlock', 'ChannelAttention', 'RCAB', 'DenseBlock', 'RRDB',
            'LargeKernelAttention', 'LKABlock', 'make_block', 'upsample_stages', 'icnr_', 'PixelShuffleUp', 'Upsampler',
-           'check_residual', 'check_extra_channels', 'SRResNet', 'UNetGenerator', 'count_parameters', 'build_srresnet',
-           'build_esrgan', 'build_unet_generator', 'build_generator']
+           'check_residual', 'check_extra_channels', 'SRResNet', 'UNetGenerator', 'LatentGenerator', 'count_parameters',
+           'build_srresnet', 'build_esrgan', 'build_unet_generator', 'build_generator', 'build_latent_generator']
 
 # %% ../nbs/03_generators.ipynb #90c62e30
 import math
@@ -430,6 +430,52 @@ class UNetGenerator(nn.Module):
         out = self.out(h)
         return out + x[:, :self.in_bands] if self.global_residual != "none" else out
 
+# %% ../nbs/03_generators.ipynb #dfa123bb
+class LatentGenerator(nn.Module):
+    "Images from noise: a latent from the noise image, a 4x4 layout, FiLM-modulated upsampling blocks to `size`."
+    def __init__(self,
+                 in_bands:int=3, # bands of the noise image (Model.in_bands)
+                 out_bands:int|None=None, # output bands (Model.out_bands); None = `in_bands`
+                 size:int=32, # output side (Data.lr_patch_size): 4 x a power of two
+                 n_channels:int=64, # channels of the last block (doubled per coarser level, capped at 8x)
+                 cond_dim:int=0, # size of the `cond` embedding (Model.cond_dim); 0 = unconditioned
+                 extra_in_channels:int=0, # input channels beside the noise (accepted, not used)
+                 latent_dim:int=64, # size of the latent vector made from the noise
+                ):
+        super().__init__()
+        out_bands = in_bands if out_bands is None else out_bands
+        depth = int(math.log2(size / 4)) if size >= 8 else 0
+        if int(size) != size or size < 8 or 4 * 2 ** depth != size:
+            raise ValueError(f"Expected `size` (Data.lr_patch_size) to be 4 x a power of two (8, 16, 32, 64, ...) but got {size!r}")
+        check_extra_channels(extra_in_channels)
+        self.in_bands, self.out_bands, self.size, self.depth = int(in_bands), int(out_bands), int(size), depth
+        self.extra_in_channels, self.cond_dim, self.scale, self.size_multiple = int(extra_in_channels), int(cond_dim), 1, int(size)
+        ch = [min(n_channels * 2 ** (depth - i), 8 * n_channels) for i in range(depth + 1)]   # coarse to fine
+        self.latent = nn.Linear(16 * in_bands, latent_dim)
+        self.layout = nn.Linear(latent_dim + cond_dim, ch[0] * 16)
+        self.ups = nn.ModuleList(nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv(ch[i], ch[i + 1], 3),
+                                               nn.LeakyReLU(0.2, inplace=True), conv(ch[i + 1], ch[i + 1], 3)) for i in range(depth))
+        self.films = nn.ModuleList(FiLM(cond_dim, c) for c in ch[1:]) if cond_dim > 0 else None
+        self.out = conv(ch[-1], out_bands, 3)
+
+    def forward(self,
+                x:torch.Tensor, # noise image with extra channels (B, in_bands + extra_in_channels, size, size)
+                cond:torch.Tensor|None=None, # conditioning embedding (B, cond_dim), needed iff cond_dim > 0
+               ) -> torch.Tensor: # (B, out_bands, size, size)
+        check_image(x, self.in_bands + self.extra_in_channels, "x", "Model.in_bands" if not self.extra_in_channels else
+                    f"Model.in_bands {self.in_bands} + Generator.extra_in_channels {self.extra_in_channels}")
+        if tuple(x.shape[-2:]) != (self.size, self.size):
+            raise ValueError(f"Expected `x` to be {self.size}x{self.size} (the latent generator's fixed size, "
+                             f"Data.lr_patch_size) but got {x.shape[-2]}x{x.shape[-1]}")
+        check_cond(cond, self.cond_dim, x.shape[0])
+        z = F.adaptive_avg_pool2d(x[:, :self.in_bands], 4).flatten(1) * (self.size / 4)   # block means, unit variance
+        z = F.leaky_relu(self.latent(z), 0.2)
+        h = self.layout(torch.cat([z, cond], 1) if cond is not None else z).view(len(x), -1, 4, 4)
+        for i, up in enumerate(self.ups):
+            h = up(F.leaky_relu(h, 0.2))
+            if self.films is not None: h = self.films[i](h, cond)
+        return self.out(F.leaky_relu(h, 0.2))
+
 # %% ../nbs/03_generators.ipynb #fb2514d9
 def count_parameters(model:nn.Module, # any module
                      trainable_only:bool=True, # count only parameters with `requires_grad`
@@ -484,3 +530,15 @@ def build_generator(cfg, # a validated `Config` (see `gan_engine.config.load_con
     "Build the generator named by `Generator.model_type` (a registered name or an import path) from `cfg`; prompt-conditioned with its own text encoder for Model.task prompt."
     net = GENERATORS.build(cfg.Generator.model_type, cfg, expected=nn.Module)
     return conditioned_on_text(net, cfg)
+
+@GENERATORS.register("latent")
+def build_latent_generator(cfg, # a validated `Config` (see `gan_engine.config.load_config`)
+             ) -> LatentGenerator:
+    "Generation from noise at the fixed size Data.lr_patch_size (the default for the prompt task from noise)."
+    g = cfg.Generator
+    if g.scaling_factor not in (None, 1):
+        raise ConfigError(f"Generator.model_type: 'latent' makes images from noise at one size, so it needs "
+                          f"Generator.scaling_factor 1 but got {g.scaling_factor}")
+    in_bands, out_bands, cond_dim = _bands(cfg)
+    try: return LatentGenerator(in_bands, out_bands, cfg.Data.lr_patch_size, g.n_channels, cond_dim, g.extra_in_channels, g.latent_dim)
+    except ValueError as e: raise ConfigError(f"Generator.model_type: 'latent': {e}") from None

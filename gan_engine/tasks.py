@@ -18,7 +18,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from fastcore.basics import patch_to
 
-from .registry import ConfigError, Registry
+from .registry import Registry
 from .config import HOLE_FILLS, PROMPT_INPUTS
 from .shapes import ATTRIBUTES, check_batch as read_shapes
 

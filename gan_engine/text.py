@@ -17,6 +17,7 @@ from torch import nn
 from fastcore.basics import patch_to
 
 from .registry import ConfigError, Registry, check_int
+from .normalise import Identity, build_normaliser
 
 # %% auto #0
 __all__ = ['TEXT_ENCODERS', 'words', 'stable_hash', 'collision_rate', 'TextEncoder', 'HashedBagEncoder',
@@ -369,17 +370,20 @@ class TextConditioned(nn.Module):
     def __init__(self,
                  net:nn.Module, # a network called as net(x, cond, **kwargs) with cond (B, encoder.dim)
                  encoder:TextEncoder, # its own text encoder
+                 cond_norm:nn.Module|None=None, # the conditioning branch's normaliser, applied to the embedding (None = none)
                 ):
         super().__init__()
         dim = getattr(net, "cond_dim", None)
         if dim is not None and dim != encoder.dim:
             raise ValueError(f"Expected the network's cond_dim ({dim}) to equal the text encoder's dim ({encoder.dim}) "
                              "(Model.cond_dim, Text.dim)")
-        self.net, self.encoder = net, encoder
+        self.net, self.encoder, self.cond_norm = net, encoder, cond_norm
 
     def embed(self, prompts:Sequence[str])->torch.Tensor:
-        "The (B, dim) embedding of `prompts`, on the encoder's device."
-        return self.encoder(list(prompts))
+        "The (B, dim) embedding of `prompts` (normalised by the conditioning branch's normaliser), on the encoder's device."
+        e = self.encoder(list(prompts))
+        # normalisers work on (B, C, H, W): the embedding's dimensions are its bands, as a 1x1 image
+        return self.cond_norm(e[:, :, None, None])[:, :, 0, 0] if self.cond_norm is not None else e
 
     def forward(self, x, cond=None, **kwargs):
         return self.net(x, self.embed(cond) if _is_prompts(cond) else cond, **kwargs)
@@ -387,12 +391,19 @@ class TextConditioned(nn.Module):
     def __getattr__(self, name:str):
         try: return super().__getattr__(name)
         except AttributeError:
-            if name in ("net", "encoder"): raise
+            if name in ("net", "encoder", "cond_norm"): raise
             return getattr(self.net, name)   # in_bands, scale, size_multiple, ... of the wrapped network
 
 # %% ../nbs/05a_text.ipynb #0bedd817
 def conditioned_on_text(net:nn.Module, # a built generator or discriminator
                         cfg, # a validated Config
                        )->nn.Module:
-    "`net` itself, or for Model.task prompt `net` behind a `TextConditioned` with a text encoder built from `cfg.Text`."
-    return TextConditioned(net, build_text_encoder(cfg)) if cfg.Model.task == "prompt" else net
+    "`net` itself, or for Model.task prompt `net` behind a `TextConditioned` with a text encoder built from `cfg.Text` (and the cond normaliser)."
+    if cfg.Model.task != "prompt": return net
+    key = "Data.normalization.cond"
+    norm = build_normaliser(cfg.Data.normalization.cond, None, key)
+    if getattr(norm, "needs_fit", False):
+        raise ConfigError(f"{key}: '{getattr(norm, 'name', norm)}' needs statistics, and prompt embeddings have none before "
+                          "training (a trainable encoder changes them as it trains); give its statistics in the config "
+                          "or use identity")
+    return TextConditioned(net, build_text_encoder(cfg), None if isinstance(norm, Identity) else norm)

@@ -105,7 +105,7 @@ def test_prompt_config_checks_name_the_keys():
     with pytest.raises(ConfigError, match="Text.encoder: unknown text encoder 'hashd'.*did you mean 'hashed'"):
         load_config({"Model": {"task": "prompt"}, "Text": {"encoder": "hashd"}})
     cfg = load_config({"Model": {"task": "prompt"}, "Text": {"dim": 24}})
-    assert (cfg.Model.cond_dim, cfg.Generator.model_type, cfg.Generator.extra_in_channels) == (24, "unet", 2)
+    assert (cfg.Model.cond_dim, cfg.Generator.model_type, cfg.Generator.extra_in_channels) == (24, "latent", 2)
 
 
 # ------------------------------------------------------------------------------------------------ networks
@@ -117,7 +117,7 @@ def _randomise(net):
     return net.eval()
 
 
-@pytest.mark.parametrize("given,gen,size", [("noise", "unet", 16), ("masked", "unet", 16), ("masked", "srresnet", 12),
+@pytest.mark.parametrize("given,gen,size", [("noise", "latent", 16), ("noise", "unet", 16), ("masked", "unet", 16), ("masked", "srresnet", 12),
                                             ("lr", "srresnet", 8), ("lr", "esrgan", 8)])
 def test_every_generator_is_conditioned_by_the_prompt(given, gen, size):
     cfg = load_config({"Model": {"task": "prompt", "prompt_input": given}, "Text": {"dim": 16, "buckets": 256},
