@@ -494,6 +494,14 @@ def _bands(cfg):
     m = cfg.Model  # validated: out_bands is filled from in_bands when not given
     return m.in_bands, m.out_bands, m.cond_dim
 
+def _same_size(cfg, name:str, what:str):
+    "The Generator section, after checking that a same-size generator is not asked to upscale."
+    g = cfg.Generator
+    if g.scaling_factor not in (None, 1):
+        raise ConfigError(f"Generator.model_type: {name!r} {what}, so it needs Generator.scaling_factor 1 (Model.task "
+                          f"inpaint or prompt) but got {g.scaling_factor}; use srresnet or esrgan for super-resolution")
+    return g
+
 def _srresnet(cfg, block_type):
     g = cfg.Generator
     in_bands, out_bands, cond_dim = _bands(cfg)
@@ -517,10 +525,7 @@ def build_esrgan(cfg, # a validated `Config` (see `gan_engine.config.load_config
 def build_unet_generator(cfg, # a validated `Config` (see `gan_engine.config.load_config`)
              ) -> UNetGenerator:
     "Same-size U-Net with `Generator.unet_depth` levels and `Generator.extra_in_channels` extra inputs."
-    g = cfg.Generator
-    if g.scaling_factor not in (None, 1):
-        raise ConfigError(f"Generator.model_type: 'unet' keeps the image size, so it needs Generator.scaling_factor 1 "
-                          f"(Model.task inpaint or prompt) but got {g.scaling_factor}; use srresnet or esrgan for super-resolution")
+    g = _same_size(cfg, "unet", "keeps the image size")
     in_bands, out_bands, cond_dim = _bands(cfg)
     return UNetGenerator(in_bands, out_bands, g.n_channels, g.unet_depth, g.extra_in_channels, cond_dim,
                          g.small_kernel_size, g.global_residual)
@@ -535,10 +540,7 @@ def build_generator(cfg, # a validated `Config` (see `gan_engine.config.load_con
 def build_latent_generator(cfg, # a validated `Config` (see `gan_engine.config.load_config`)
              ) -> LatentGenerator:
     "Generation from noise at the fixed size Data.lr_patch_size (the default for the prompt task from noise)."
-    g = cfg.Generator
-    if g.scaling_factor not in (None, 1):
-        raise ConfigError(f"Generator.model_type: 'latent' makes images from noise at one size, so it needs "
-                          f"Generator.scaling_factor 1 but got {g.scaling_factor}")
+    g = _same_size(cfg, "latent", "makes images from noise at one size")
     in_bands, out_bands, cond_dim = _bands(cfg)
     try: return LatentGenerator(in_bands, out_bands, cfg.Data.lr_patch_size, g.n_channels, cond_dim, g.extra_in_channels, g.latent_dim)
     except ValueError as e: raise ConfigError(f"Generator.model_type: 'latent': {e}") from None

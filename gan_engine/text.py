@@ -359,7 +359,14 @@ def build_transformers_encoder(cfg, # a config with a `Text` section
 def build_text_encoder(cfg, # a config with a `Text` section
                       )->TextEncoder:
     "Build the text encoder named by `Text.encoder` (a registered name or an import path) from `cfg`."
-    return TEXT_ENCODERS.build(_text_section(cfg)["encoder"], cfg, expected=TextEncoder)
+    name = _text_section(cfg)["encoder"]
+    # checked by what an encoder must have, not by class: a notebook that re-registers the built-ins (this one)
+    # defines classes of the same names, and a user's encoder need not subclass TextEncoder
+    enc = TEXT_ENCODERS.build(name, cfg, expected=nn.Module)
+    if not isinstance(getattr(enc, "dim", None), int) or not callable(getattr(enc, "tokenize", None)):
+        raise ConfigError(f"Text.encoder: {name!r} built a {type(enc).__name__}, which lacks a text encoder's `dim` (int) "
+                          "and `tokenize`; subclass gan_engine.text.TextEncoder")
+    return enc
 
 # %% ../nbs/05a_text.ipynb #8bd58eea
 def _is_prompts(cond)->bool:

@@ -225,8 +225,10 @@ def test_build_hashed():
 def test_build_by_import_path():
     enc = build_text_encoder(text_cfg(encoder="gan_engine.text:build_hashed_encoder", dim=8))
     assert type(enc) is HashedBagEncoder and enc.dim == 8
-    with pytest.raises(TypeError, match="builder for 'builtins:str' to return a gan_engine.text.TextEncoder but got str"):
+    with pytest.raises(TypeError, match="builder for 'builtins:str' to return a torch.nn.Module but got str"):
         build_text_encoder(text_cfg(encoder="builtins:str"))
+    with pytest.raises(ConfigError, match=r"Text.encoder: 'torch.nn:Identity' built a Identity, which lacks a text encoder's `dim`"):
+        build_text_encoder(text_cfg(encoder="torch.nn:Identity"))
 
 
 def test_build_errors():
