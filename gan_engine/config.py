@@ -493,8 +493,10 @@ def _cross_checks(c:dict, problems:list):
         problems.append(f"Data.value_range: {d['value_range']!r} is not [low, high] with low < high")
     if d["val_dir"] is None and d["train_dir"] is not None and d["val_fraction"] <= 0:
         problems.append("Data.val_fraction: must be > 0 when Data.val_dir is null (no validation images otherwise)")
-    if d["prefetch_factor"] is not None and d["num_workers"] == 0:
-        problems.append("Data.prefetch_factor: only valid with Data.num_workers > 0; set num_workers or leave prefetch_factor null")
+    if d["prefetch_factor"] is not None and d["num_workers"] == 0:   # harmless: dropped with a note (OpenSR files carry both)
+        warnings.warn(f"Data.prefetch_factor={d['prefetch_factor']} is not used: it applies to worker processes and "
+                      "Data.num_workers is 0", ConfigWarning)
+        d["prefetch_factor"] = None
     if losses["relativistic_average_d"] and losses["adv_loss_type"] == "wasserstein":
         problems.append("Training.Losses.relativistic_average_d: not defined for adv_loss_type 'wasserstein'; "
                         "use bce, lsgan or hinge, or set relativistic_average_d false")
@@ -509,9 +511,6 @@ def _cross_checks(c:dict, problems:list):
         problems.append("Training.Losses.perceptual_metric: 'lpips' is not available in this version; use 'vgg' "
                         "(with a local weights file in Training.Losses.perceptual_weights)")
     if losses["ssim_win"] % 2 == 0: problems.append(f"Training.Losses.ssim_win: {losses['ssim_win']} must be odd")
-    if losses["perceptual_weight"] > 0 and not losses["perceptual_weights"]:
-        problems.append("Training.Losses.perceptual_weights: required when perceptual_weight > 0: the path of a local "
-                        "weights file (nothing is downloaded)")
     for key in ("perceptual_bands",):
         b = losses[key]
         if b is not None and (len(b) != 3 or not all(isinstance(i, int) and 0 <= i < m["out_bands"] for i in b)):

@@ -29,6 +29,7 @@ from .steps import StepPlan
 from .masks import MaskGenerator, MaskSource
 from .captions import image_captions
 from .shapes import ShapesDataset
+from .pretrained import find_vgg19_weights
 
 # %% ../nbs/01_data.ipynb #ae9d6755
 def gaussian_kernel1d(
@@ -627,7 +628,7 @@ def check_paths(cfg)->None:
                                 " (with Data.masks.dir null, masks sit in a masks/ folder inside each image folder)"))
     for key in ("continue_training", "load_checkpoint", "load_discriminator"):
         if m[key] and not Path(m[key]).is_file(): problems.append(f"Model.{key}: checkpoint {m[key]!r} does not exist")
-    w = cfg.Training.Losses.perceptual_weights
-    if cfg.Training.Losses.perceptual_weight > 0 and w and not Path(w).is_file():
-        problems.append(f"Training.Losses.perceptual_weights: file {w!r} does not exist")
+    if cfg.Training.Losses.perceptual_weight > 0 and cfg.Training.Losses.perceptual_metric == "vgg":
+        try: find_vgg19_weights(cfg.Training.Losses.perceptual_weights)   # the config's file, else torchvision's cached one
+        except FileNotFoundError as e: problems.append(f"Training.Losses.perceptual_weights: {e}")
     if problems: raise ConfigError(problems)

@@ -27,6 +27,8 @@ from torchmetrics.functional.image import (
 
 from .steps import RAMP_SHAPES, ramp_fraction
 
+from .pretrained import find_vgg19_weights
+
 # %% ../nbs/05_losses.ipynb #0e4413c6
 def check_pair(sr: torch.Tensor, # generated image (B, C, H, W)
                hr: torch.Tensor, # target image (B, C, H, W)
@@ -204,14 +206,12 @@ class VGG19Features(nn.Module):
 
 # %% ../nbs/05_losses.ipynb #03b4adf9
 def load_vgg19_weights(model: VGG19Features, # extractor to fill (only its layers are needed in the file)
-                       path: str | Path | None, # local state_dict file (Training.Losses.perceptual_weights)
+                       path: str | Path | None, # local state_dict file (Training.Losses.perceptual_weights); None = torch hub cache
                       ) -> VGG19Features:
     "Load VGG-19 weights (our key names or torchvision's `features.N.*`) from a local file into `model`."
     hint = ("Training.Losses.perceptual_weights must name a local VGG-19 state_dict saved with torch.save "
-            "(e.g. torchvision's vgg19().state_dict(), converted once elsewhere); nothing is downloaded")
-    if path is None: raise ValueError(f"Expected a VGG-19 weights file but got None. {hint}")
-    path = Path(path).expanduser()
-    if not path.is_file(): raise FileNotFoundError(f"Expected the VGG-19 weights file `{path}` but it does not exist. {hint}")
+            "(e.g. torchvision's vgg19().state_dict(), or its cached vgg19-dcbbe4ba.pth); nothing is downloaded")
+    path = find_vgg19_weights(path)
     try: sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e: raise ValueError(f"Expected `{path}` to hold a VGG-19 state_dict (tensors only) but loading failed: {e}") from e
     if not isinstance(sd, Mapping): raise ValueError(f"Expected `{path}` to hold a state_dict (a dict of tensors) but got {type(sd).__name__}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy, warnings
 from collections.abc import Mapping
 
-from .registry import ConfigWarning, has_key, pop_key, set_key
+from .registry import ConfigWarning, get_key, has_key, pop_key, set_key
 
 # %% auto #0
 __all__ = ['translate_opensr']
@@ -37,6 +37,11 @@ def translate_opensr(c:dict)->dict:
             _move(c, f"Training.{k}", "Trainer." + {"gpus": "devices"}.get(k, k))
     if has_key(c, "Trainer.max_epochs") and not has_key(c, "Training.max_steps"):
         set_key(c, "Training.max_steps", -1)  # their runs are bounded by epochs
+    if has_key(c, "Training.Losses.fixed_idx"):   # its RGB band choice for the perceptual loss
+        idx = pop_key(c, "Training.Losses.fixed_idx")
+        if not has_key(c, "Training.Losses.perceptual_bands"): set_key(c, "Training.Losses.perceptual_bands", idx)
+    if has_key(c, "Generator.scaling_factor") and not has_key(c, "Data.scale"):
+        set_key(c, "Data.scale", get_key(c, "Generator.scaling_factor"))   # there the generator's factor is the scale
     if has_key(c, "Data.dataset_type"):
         _drop(c, "Data.dataset_type", "datasets are read from the folders in Data.train_dir / Data.val_dir; set those")
     if has_key(c, "Schedulers.verbose"):

@@ -17,7 +17,6 @@ BAD = [
     ({"Data": {"lr_patch_size": 2}}, "Data.lr_patch_size", "below the minimum 4"),
     ({"Data": {"train_batch_size": 0}}, "Data.train_batch_size", "below the minimum 1"),
     ({"Data": {"val_fraction": 1.5}}, "Data.val_fraction", "above the maximum 0.9"),
-    ({"Data": {"num_workers": 0, "prefetch_factor": 2}}, "Data.prefetch_factor", "num_workers > 0"),
     ({"Data": {"value_range": [10, 0]}}, "Data.value_range", "low < high"),
     ({"Data": {"augment": {"hflip": "yes"}}}, "Data.augment.hflip", "true or false"),
     ({"Data": {"normalization": {"lr": "zero_onne"}}}, "Data.normalization.lr", "did you mean 'zero_one'"),
@@ -39,7 +38,6 @@ BAD = [
     ({"Training": {"Losses": {"adv_loss_type": "hinj"}}}, "Training.Losses.adv_loss_type", "did you mean 'hinge'"),
     ({"Training": {"Losses": {"adv_loss_type": "wasserstein", "relativistic_average_d": True}}},
      "Training.Losses.relativistic_average_d", "not defined for adv_loss_type 'wasserstein'"),
-    ({"Training": {"Losses": {"perceptual_weight": 0.1}}}, "Training.Losses.perceptual_weights", "local weights file"),
     ({"Training": {"Losses": {"perceptual_bands": [0, 1]}}}, "Training.Losses.perceptual_bands", "3 band indices"),
     ({"Training": {"Losses": {"ssim_win": 8}}}, "Training.Losses.ssim_win", "must be odd"),
     ({"Training": {"Losses": {"l1_wieght": 1.0}}}, "Training.Losses.l1_wieght", "did you mean 'l1_weight'"),
@@ -139,6 +137,17 @@ def test_crop_must_fit_smallest_image(tmp_path):
     cfg = load_config({"Data": {"train_dir": str(tmp_path), "scale": 4, "lr_patch_size": 32}})  # reads no image
     with pytest.raises(ConfigError, match="'b.png' of size 90x300; use lr_patch_size <= 22"): check_paths(cfg)
     check_paths(cfg.override("Data.lr_patch_size=22"))
+
+
+def test_vgg_weights_come_from_the_config_or_the_torch_hub_cache_else_both_are_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cfg = load_config({"Training": {"Losses": {"perceptual_weight": 0.1}}})   # no file named: not a config error
+    with pytest.raises(ConfigError, match=r"Training.Losses.perceptual_weights: .*is null and torchvision's cached file "
+                                          r"`.*hub/checkpoints/vgg19-dcbbe4ba.pth` does not exist"):
+        check_paths(cfg.override(f"Data.train_dir={tmp_path}"))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / "vgg19-dcbbe4ba.pth").write_bytes(b"")
+    check_paths(cfg.override(f"Data.train_dir={tmp_path}"))                    # found in the cache
 
 
 def test_loading_reads_no_file_but_the_yaml_and_paths_are_checked_before_a_run(tmp_path):

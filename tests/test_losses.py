@@ -149,10 +149,16 @@ def test_torchvision_keymap_covers_all_16_convs():
 
 def test_vgg_loading_errors(vgg_file, tmp_path):
     path, ref = vgg_file
-    with pytest.raises(FileNotFoundError, match="missing.pt` but it does not exist.*perceptual_weights"):
+    with pytest.raises(FileNotFoundError, match=r"missing.pt` \(Training.Losses.perceptual_weights\) but it does not exist"):
         load_vgg19_weights(VGG19Features(["relu1_1"]), tmp_path / "missing.pt")
-    with pytest.raises(ValueError, match="Expected a VGG-19 weights file but got None"):
-        load_vgg19_weights(VGG19Features(["relu1_1"]), None)
+    import os
+    old, os.environ["TORCH_HOME"] = os.environ.get("TORCH_HOME"), str(tmp_path)   # an empty torch hub cache
+    try:
+        with pytest.raises(FileNotFoundError, match="is null and torchvision's cached file"):
+            load_vgg19_weights(VGG19Features(["relu1_1"]), None)
+    finally:
+        if old is None: del os.environ["TORCH_HOME"]
+        else: os.environ["TORCH_HOME"] = old
     bad = dict(ref.state_dict()); bad["conv1_2.weight"] = torch.zeros(64, 3, 3, 3)
     torch.save(bad, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match=r"wrong shapes: \['conv1_2.weight: expected \(64, 64, 3, 3\) but got \(64, 3, 3, 3\)'\]"):
