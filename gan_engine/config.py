@@ -483,7 +483,7 @@ def _cross_checks(c:dict, problems:list):
                         f"generator {need} extra channel(s) ({what}); set it to {need} or leave it null")
     _cross_check_inpaint(c, problems)
     _cross_check_prompt(c, problems)
-    if g["model_type"] == "esrgan": g["block_type"] = "rrdb"
+    if g["model_type"] in ("esrgan", "opensr_esrgan"): g["block_type"] = "rrdb"
     o = c["Optimizers"]
     if o["optim_d_lr"] is None: o["optim_d_lr"] = 0.5 * o["optim_g_lr"]
     if not (isinstance(o["betas"], list) and len(o["betas"]) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o["betas"])):

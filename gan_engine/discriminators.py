@@ -205,6 +205,7 @@ class UNetDiscriminator(nn.Module):
 # %% ../nbs/04_discriminators.ipynb #8b94a565
 from .registry import Registry
 from .text import conditioned_on_text
+from . import opensr_nets  # noqa: F401 (registers OpenSR-SRGAN's discriminators)
 
 DISCRIMINATORS = Registry.of("discriminator", "Discriminator.model_type")  # the builders below register here
 

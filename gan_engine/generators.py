@@ -486,6 +486,7 @@ def count_parameters(model:nn.Module, # any module
 # %% ../nbs/03_generators.ipynb #ee9138be
 from .registry import ConfigError, Registry
 from .text import conditioned_on_text
+from . import opensr_nets  # noqa: F401 (registers OpenSR-SRGAN's generators)
 
 GENERATORS = Registry.of("generator", "Generator.model_type")  # the builders below register here
 

@@ -210,7 +210,7 @@ def load_vgg19_weights(model: VGG19Features, # extractor to fill (only its layer
                       ) -> VGG19Features:
     "Load VGG-19 weights (our key names or torchvision's `features.N.*`) from a local file into `model`."
     hint = ("Training.Losses.perceptual_weights must name a local VGG-19 state_dict saved with torch.save "
-            "(e.g. torchvision's vgg19().state_dict(), or its cached vgg19-dcbbe4ba.pth); nothing is downloaded")
+            "(e.g. torchvision's vgg19().state_dict(), or its cached vgg19-dcbb9e9d.pth); nothing is downloaded")
     path = find_vgg19_weights(path)
     try: sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e: raise ValueError(f"Expected `{path}` to hold a VGG-19 state_dict (tensors only) but loading failed: {e}") from e

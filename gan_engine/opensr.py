@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from .registry import ConfigWarning, get_key, has_key, pop_key, set_key
 
 # %% auto #0
-__all__ = ['translate_opensr']
+__all__ = ['OPENSR_MARKERS', 'OPENSR_KEYS', 'OPENSR_METRICS', 'translate_opensr', 'is_opensr_format']
 
 # %% ../nbs/00b_opensr.ipynb #f52495b2
 def _move(c, src, dst):
@@ -23,9 +23,27 @@ def _drop(c, path, why):
     v = pop_key(c, path)
     warnings.warn(f"{path}={v!r} is not honoured by gan_engine: {why}", ConfigWarning)
 
+def _opensr_defaults(c:dict):
+    "An OpenSR-format file builds OpenSR-SRGAN's own networks (`gan_engine.opensr_nets`), with its defaults."
+    g = c.setdefault("Generator", {}) if isinstance(c.get("Generator", {}), dict) else {}
+    mt = str(g.get("model_type", "srresnet")).strip().lower()
+    if mt in ("srresnet", "esrgan"): g["model_type"] = f"opensr_{mt}"
+    d = c.setdefault("Discriminator", {}) if isinstance(c.get("Discriminator", {}), dict) else {}
+    dt = str(d.get("model_type", "standard")).strip().lower()
+    if dt in ("standard", "patchgan", "esrgan"): d["model_type"] = f"opensr_{dt}"
+    if dt in ("standard", "patchgan"):   # its widths are fixed there: these keys only matter to its ESRGAN discriminator
+        for key, fixed in (("base_channels", 64), ("linear_size", 1024)):
+            if key in d and d[key] != fixed:
+                warnings.warn(f"Discriminator.{key}={d[key]!r} is ignored, as by OpenSR-SRGAN's {dt} discriminator "
+                              f"({fixed} there), so its weights carry across", ConfigWarning)
+
 def translate_opensr(c:dict)->dict:
     "Rewrite OpenSR-SRGAN keys into gan_engine's, warning for each one that cannot be honoured."
     c = copy.deepcopy(c)
+    opensr = is_opensr_format(c)
+    _opensr_keys(c)
+    _opensr_types(c)
+    if opensr: _opensr_defaults(c)
     norm = c.get("Data", {}).get("normalization") if isinstance(c.get("Data"), Mapping) else None
     if isinstance(norm, str) or (isinstance(norm, Mapping) and "name" in norm):
         c["Data"]["normalization"] = {"lr": norm, "hr": copy.deepcopy(norm)}  # one normaliser for both branches
@@ -49,18 +67,98 @@ def translate_opensr(c:dict)->dict:
     if has_key(c, "Logging.wandb.enabled"):
         on = pop_key(c, "Logging.wandb.enabled")
         if on and not has_key(c, "Logging.logger"): set_key(c, "Logging.logger", "wandb")
-    mt = c.get("Generator", {}).get("model_type")
+    mt = c.get("Generator", {}).get("model_type") if isinstance(c.get("Generator"), Mapping) else None
     if isinstance(mt, str) and mt.lower() == "stochastic_gan":
-        c["Generator"]["model_type"] = "srresnet"
+        c["Generator"]["model_type"] = "opensr_srresnet" if opensr else "srresnet"
         warnings.warn("Generator.model_type='stochastic_gan' is not honoured by gan_engine: its noise-injection "
-                      "generator is not implemented; using 'srresnet' with the same block_type", ConfigWarning)
-    dt = c.get("Discriminator", {}).get("model_type")
-    if isinstance(dt, str) and dt.lower() == "esrgan":
-        c["Discriminator"]["model_type"] = "standard"
-        warnings.warn("Discriminator.model_type='esrgan' is mapped to gan_engine's 'standard' VGG-style "
-                      "discriminator (same design, not the same layer names)", ConfigWarning)
+                      "generator is not implemented; using the SRResNet with the same block_type", ConfigWarning)
     losses = c.get("Training", {}).get("Losses", {})
     if isinstance(losses, dict) and str(losses.get("perceptual_metric", "")).lower() == "lpips" and losses.get("perceptual_weight", 0):
         warnings.warn("Training.Losses.perceptual_metric='lpips' needs a local weights file in "
                       "Training.Losses.perceptual_weights (nothing is downloaded)", ConfigWarning)
     return c
+
+# %% ../nbs/00b_opensr.ipynb #ca70440f
+OPENSR_MARKERS = ("Data.dataset_type", "Logging.wandb.enabled", "Training.max_epochs", "Training.device", "Training.gpus",
+                  "Training.Losses.fixed_idx", "Schedulers.verbose", "TruncatedVGG")   # keys only OpenSR-format files have
+
+# dotted key -> ("move", target) | ("drop", why)   (keys with the same name and meaning pass straight through)
+OPENSR_KEYS = {
+    "Data.batch_size": ("move", "Data.train_batch_size"),   # its fallback for both batch sizes (val copied below)
+    "Data.root_dir": ("move", "Data.root_dir"),              # LRHRFolderDataset root: split into the four folders below
+    "Data.dataset_root": ("move", "Data.root_dir"),
+    "Data.sen2naip_taco_file": ("drop", "SEN2NAIP .taco archives are not read; export the LR/HR pairs to folders and set Data.train_dir/train_lr_dir"),
+    "Data.sen2naip_val_fraction": ("drop", "SEN2NAIP archives are not read; use Data.val_fraction with image folders"),
+    "Data.sen2naip_phase": ("drop", "SEN2NAIP archives are not read"),
+    "Training.perceptual_loss_weight": ("move", "Training.Losses.perceptual_weight"),
+    "Training.Losses.content_loss_weight": ("drop", "it only fed OpenSR-SRGAN's printed summary; each term has its own weight here"),
+    "Training.Losses.perceptual_loss_weight": ("drop", "it only fed OpenSR-SRGAN's printed summary; Training.Losses.perceptual_weight sets the weight"),
+    "Training.Losses.randomize_bands": ("drop", "random bands for the perceptual loss are not drawn here; Training.Losses.perceptual_bands fixes them (default: the first three)"),
+    "Generator.out_channels": ("move", "Model.out_bands"),
+    "Generator.noise_dim": ("drop", "the stochastic generator is not implemented (see Generator.model_type)"),
+    "Schedulers.metric": ("move", "Schedulers.metric_g"),    # its fallback monitor for both schedules (metric_d copied below)
+    "Schedulers.threshold": ("drop", "the plateau schedule here counts any improvement (no relative threshold)"),
+    "Schedulers.cooldown": ("drop", "the plateau schedule here has no cooldown"),
+    "Schedulers.min_lr": ("drop", "the plateau schedule here has no floor; use Schedulers.decay cosine with cosine_min_ratio for one"),
+    "Schedulers.gradient_clip_val": ("move", "Optimizers.gradient_clip_val"),
+}
+
+# its metric names -> gan_engine's (what the plateau schedules and checkpoints watch)
+OPENSR_METRICS = {**{f"val_metrics/{k}": f"val/{k}" for k in ("l1", "sam", "perceptual", "tv", "psnr", "ssim")},
+                  "validation/DISC_adversarial_loss": "val/l1", "discriminator/adversarial_loss": "val/l1",
+                  "val_g_loss": "val/l1", "val_d_loss": "val/l1"}
+
+_GENERATOR_ALIASES = {"srresnet": "srresnet", "sr_resnet": "srresnet", "esrgan": "esrgan", "rrdbnet": "esrgan", "rrdb_net": "esrgan"}
+_STOCHASTIC = {"stochastic_gan", "stochastic", "stochasticgan", "cgan", "conditional_cgan", "conditional_gan"}
+_BLOCK_ALIASES = {**dict.fromkeys(("standard", "srresnet", "vanilla", "classic", "default", "basic"), "standard"),
+                  **dict.fromkeys(("res", "residual", "resblocks"), "res"),
+                  **dict.fromkeys(("rcab", "attention", "channel_attention"), "rcab"),
+                  **dict.fromkeys(("rrdb", "dense", "residual_in_residual"), "rrdb"),
+                  **dict.fromkeys(("lka", "large_kernel"), "lka")}
+
+def is_opensr_format(c:Mapping)->bool:
+    "True when a raw config has keys only OpenSR-SRGAN's format has."
+    return isinstance(c, Mapping) and any(has_key(c, k) for k in OPENSR_MARKERS)
+
+# %% ../nbs/00b_opensr.ipynb #22cfadab
+def _norm_name(v)->str: return str(v).strip().lower().replace(" ", "_").replace("-", "_")
+
+def _opensr_types(c:dict):
+    "Generator and block types by their OpenSR names and aliases (a block name as model_type means SRResNet with it)."
+    g = c.get("Generator") if isinstance(c.get("Generator"), dict) else None
+    if g is None: return
+    mt, bt = g.get("model_type"), g.get("block_type")
+    if isinstance(mt, str):
+        n = _norm_name(mt)
+        if n in _BLOCK_ALIASES and n not in _GENERATOR_ALIASES:
+            g["model_type"], g["block_type"] = "srresnet", bt if bt is not None else _BLOCK_ALIASES[n]
+        elif n in _GENERATOR_ALIASES: g["model_type"] = _GENERATOR_ALIASES[n]
+        elif n in _STOCHASTIC: g["model_type"] = "stochastic_gan"
+    if isinstance(g.get("block_type"), str) and _norm_name(g["block_type"]) in _BLOCK_ALIASES:
+        g["block_type"] = _BLOCK_ALIASES[_norm_name(g["block_type"])]
+
+def _opensr_keys(c:dict):
+    "Apply `OPENSR_KEYS`, the metric names, the folder layout of Data.root_dir and TruncatedVGG."
+    for key, (action, arg) in OPENSR_KEYS.items():
+        if not has_key(c, key): continue
+        if action == "drop": _drop(c, key, arg)
+        elif key != arg:
+            v = pop_key(c, key)
+            if not has_key(c, arg): set_key(c, arg, v)
+            if key == "Data.batch_size" and not has_key(c, "Data.val_batch_size"): set_key(c, "Data.val_batch_size", v)
+            if key == "Schedulers.metric" and not has_key(c, "Schedulers.metric_d"): set_key(c, "Schedulers.metric_d", v)
+    if has_key(c, "Data.root_dir"):   # its LRHRFolderDataset: root/{train,val}/{LR,HR}, files paired by name
+        root = pop_key(c, "Data.root_dir")
+        for split, hr, lr in (("train", "Data.train_dir", "Data.train_lr_dir"), ("val", "Data.val_dir", "Data.val_lr_dir")):
+            if not has_key(c, hr): set_key(c, hr, f"{root}/{split}/HR")
+            if not has_key(c, lr): set_key(c, lr, f"{root}/{split}/LR")
+    for k in ("metric_g", "metric_d"):
+        v = get_key(c, f"Schedulers.{k}")
+        if isinstance(v, str) and v in OPENSR_METRICS:
+            set_key(c, f"Schedulers.{k}", OPENSR_METRICS[v])
+            if OPENSR_METRICS[v] == "val/l1" and not v.endswith("l1"):
+                warnings.warn(f"Schedulers.{k}={v!r} is not logged by gan_engine (no validation discriminator loss); "
+                              "the schedule watches 'val/l1' instead", ConfigWarning)
+    if isinstance(c.get("TruncatedVGG"), dict):   # its VGG cut: relu{i}_{j}, one layer
+        tv = c.pop("TruncatedVGG")
+        set_key(c, "Training.Losses.perceptual_layers", {f"relu{int(tv.get('i', 5))}_{int(tv.get('j', 4))}": 1.0})

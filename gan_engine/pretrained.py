@@ -11,10 +11,10 @@ from pathlib import Path
 import torch
 
 # %% auto #0
-__all__ = ['TORCHVISION_VGG19_FILE', 'torch_hub_file', 'find_vgg19_weights']
+__all__ = ['TORCHVISION_VGG19_FILES', 'torch_hub_file', 'find_vgg19_weights']
 
 # %% ../nbs/00e_pretrained.ipynb #87ff75bc
-TORCHVISION_VGG19_FILE = "vgg19-dcbbe4ba.pth"   # the name torchvision caches its ImageNet VGG-19 under
+TORCHVISION_VGG19_FILES = ("vgg19-dcbb9e9d.pth", "vgg19-dcbbe4ba.pth")   # names torchvision's ImageNet VGG-19 is cached under
 
 def torch_hub_file(name:str)->Path:
     "Where torch hub caches a downloaded weights file called `name` (nothing is downloaded here)."
@@ -29,8 +29,9 @@ def find_vgg19_weights(path:str|Path|None=None, # the config's file (Training.Lo
             raise FileNotFoundError(f"Expected the VGG-19 weights file `{p}` (Training.Losses.perceptual_weights) but it "
                                     "does not exist; nothing is downloaded")
         return p
-    hub = torch_hub_file(TORCHVISION_VGG19_FILE)
-    if hub.is_file(): return hub
+    hubs = [torch_hub_file(n) for n in TORCHVISION_VGG19_FILES]
+    for hub in hubs:
+        if hub.is_file(): return hub
     raise FileNotFoundError("Expected VGG-19 weights for the perceptual loss but found none: Training.Losses.perceptual_weights "
-                            f"is null and torchvision's cached file `{hub}` does not exist (set $TORCH_HOME if yours is "
+                            f"is null and torchvision's cached file `{hubs[0]}` does not exist (set $TORCH_HOME if yours is "
                             "elsewhere); name a local VGG-19 state_dict in Training.Losses.perceptual_weights — nothing is downloaded")

@@ -143,10 +143,10 @@ def test_vgg_weights_come_from_the_config_or_the_torch_hub_cache_else_both_are_n
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     cfg = load_config({"Training": {"Losses": {"perceptual_weight": 0.1}}})   # no file named: not a config error
     with pytest.raises(ConfigError, match=r"Training.Losses.perceptual_weights: .*is null and torchvision's cached file "
-                                          r"`.*hub/checkpoints/vgg19-dcbbe4ba.pth` does not exist"):
+                                          r"`.*hub/checkpoints/vgg19-dcbb9e9d.pth` does not exist"):
         check_paths(cfg.override(f"Data.train_dir={tmp_path}"))
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
-    (tmp_path / "hub" / "checkpoints" / "vgg19-dcbbe4ba.pth").write_bytes(b"")
+    (tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth").write_bytes(b"")
     check_paths(cfg.override(f"Data.train_dir={tmp_path}"))                    # found in the cache
 
 
@@ -232,13 +232,13 @@ def test_opensr_config_loads_unchanged(tmp_path):
         cfg = load_config(path)
     named = sorted(str(w.message).split("=")[0] for w in caught if issubclass(w.category, ConfigWarning))
     # every key it cannot honour exactly is reported by name
-    assert named == ["Data.dataset_type", "Discriminator.model_type", "Schedulers.verbose"], named
+    assert named == ["Data.dataset_type", "Schedulers.verbose"], named
     assert cfg.Trainer == {"accelerator": "gpu", "devices": [0, 1], "max_epochs": 9999,
                            "val_check_interval": 1.0, "limit_val_batches": 250}
     assert cfg.Training.max_steps == -1
     assert cfg.Data.normalization.lr == cfg.Data.normalization.hr == "sentinel2"
-    assert (cfg.Generator.model_type, cfg.Generator.block_type, cfg.Generator.n_blocks) == ("esrgan", "rrdb", 23)
-    assert (cfg.Discriminator.model_type, cfg.Discriminator.use_spectral_norm) == ("standard", True)
+    assert (cfg.Generator.model_type, cfg.Generator.block_type, cfg.Generator.n_blocks) == ("opensr_esrgan", "rrdb", 23)
+    assert (cfg.Discriminator.model_type, cfg.Discriminator.use_spectral_norm) == ("opensr_esrgan", True)   # its own networks
     assert cfg.Logging.logger == "wandb" and cfg.Logging.wandb.project == "srgan"
     assert (cfg.Training.EMA.decay, cfg.Training.EMA.device, cfg.Training.seed) == (0.995, "cpu", 7)
     assert cfg.Optimizers.gradient_clip_val == 0.5 and cfg.Schedulers.g_warmup_type == "cosine"
