@@ -159,6 +159,12 @@ def _parser()->argparse.ArgumentParser:
     pr.add_argument("--raw", action="store_true", help="use the training weights instead of the EMA weights")
     pr.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     pr.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    im = sub.add_parser("import-opensr", help="convert an OpenSR-SRGAN checkpoint and its config into a gan_engine run directory")
+    im.add_argument("ckpt", help="the OpenSR-SRGAN Lightning checkpoint (.ckpt)")
+    im.add_argument("--config", required=True, help="its run's config.yaml (OpenSR-SRGAN does not store it in the checkpoint)")
+    im.add_argument("--output", required=True, help="the run directory to create")
+    im.add_argument("--value-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="raw data range (default: Data.value_range)")
+    im.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     pv = sub.add_parser("preview", help="build the data pipeline from a config and write a grid of its samples (LR/HR, or images with masks)")
     common(pv)
     return p
@@ -244,8 +250,16 @@ def _preview_cmd(args)->Path:
     for line in _preview(cfg, out): print(line)
     return out
 
+def _import_opensr(args)->Path:
+    from gan_engine.opensr_import import import_opensr
+    run = import_opensr(args.ckpt, args.config, args.output, value_range=args.value_range, overrides=args.overrides)
+    print(f"Imported {args.ckpt}: `gan-engine predict --ckpt {run / 'checkpoints' / 'last.ckpt'} ...`, `validate` and "
+          f"`train --resume` take it")
+    return run
+
 def _run(args)->Path:
-    return {"train": _train, "validate": _validate, "predict": _predict, "preview": _preview_cmd}[args.command](args)
+    return {"train": _train, "validate": _validate, "predict": _predict, "preview": _preview_cmd,
+            "import-opensr": _import_opensr}[args.command](args)
 
 # %% ../nbs/14_cli.ipynb #e3195f3e
 def _user_errors():
@@ -254,7 +268,13 @@ def _user_errors():
 
 def main(argv:list[str]|None=None)->int:
     "Entry point of the `gan-engine` command; returns the exit status."
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "import-opensr":   # KEY=VALUE overrides may follow the options there (CKPT is positional too)
+        bad = [e for e in extra if "=" not in e or e.startswith("-")]
+        if bad: parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        args.overrides = extra
+    elif extra: parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try: out = _run(args)
     except _user_errors() as e:
         if args.debug: traceback.print_exc()

@@ -53,6 +53,9 @@ def translate_opensr(c:dict)->dict:
     for k in ("gpus", "max_epochs", "val_check_interval", "limit_val_batches", "check_val_every_n_epoch"):
         if has_key(c, f"Training.{k}"):
             _move(c, f"Training.{k}", "Trainer." + {"gpus": "devices"}.get(k, k))
+    if has_key(c, "Trainer.devices"):   # there an empty list (or none) means one device, and the CPU always one
+        dev = get_key(c, "Trainer.devices")
+        if dev in (None, [], "") or str(get_key(c, "Trainer.accelerator", "")).lower() == "cpu": set_key(c, "Trainer.devices", 1)
     if has_key(c, "Trainer.max_epochs") and not has_key(c, "Training.max_steps"):
         set_key(c, "Training.max_steps", -1)  # their runs are bounded by epochs
     if has_key(c, "Training.Losses.fixed_idx"):   # its RGB band choice for the perceptual loss
@@ -159,6 +162,9 @@ def _opensr_keys(c:dict):
             if OPENSR_METRICS[v] == "val/l1" and not v.endswith("l1"):
                 warnings.warn(f"Schedulers.{k}={v!r} is not logged by gan_engine (no validation discriminator loss); "
                               "the schedule watches 'val/l1' instead", ConfigWarning)
+    wt = get_key(c, "Schedulers.g_warmup_type")
+    if wt is not None and str(wt).strip().lower() not in ("linear", "cosine"):   # any other type: no warm-up there
+        pop_key(c, "Schedulers.g_warmup_type"); set_key(c, "Schedulers.g_warmup_steps", 0)
     if isinstance(c.get("TruncatedVGG"), dict):   # its VGG cut: relu{i}_{j}, one layer
         tv = c.pop("TruncatedVGG")
         set_key(c, "Training.Losses.perceptual_layers", {f"relu{int(tv.get('i', 5))}_{int(tv.get('j', 4))}": 1.0})

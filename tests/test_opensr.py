@@ -175,3 +175,53 @@ def test_vgg_weights_from_torchvision_s_cache_for_an_opensr_file(tmp_path, monke
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     (tmp_path / "hub" / "checkpoints" / "vgg19-dcbb9e9d.pth").write_bytes(b"")
     check_paths(cfg)
+
+
+# ------------------------------------------------------------------------ checkpoints written by OpenSR-SRGAN itself
+import numpy as np
+from pathlib import Path
+
+from gan_engine.checkpoint import read_checkpoint
+from gan_engine.cli import main
+from gan_engine.inference import load_predictor
+from gan_engine.opensr_import import import_opensr
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "opensr"   # made by opensr-srgan 0.4.3 (README.md there)
+MADE = [("srresnet_standard", "srresnet_standard.ckpt"), ("srresnet_rcab", "srresnet_rcab.ckpt"), ("esrgan", "esrgan.full.ckpt")]
+
+
+@pytest.mark.parametrize("name,ckpt", MADE)
+def test_opensr_checkpoints_import_and_predict_what_opensr_srgan_predicted(tmp_path, name, ckpt):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run = import_opensr(FIX / ckpt, FIX / f"{name}.yaml", tmp_path / "run", value_range=(0.0, 1.0))
+    x = torch.from_numpy(np.load(FIX / f"{name}.input.npy"))
+    for raw, ref in ((False, "output_ema"), (True, "output_raw")):
+        p = load_predictor(run / "checkpoints" / "last.ckpt", raw=raw)
+        with torch.no_grad(): y = p.generator(x)
+        want = torch.from_numpy(np.load(FIX / f"{name}.{ref}.npy"))
+        assert y.shape == want.shape and torch.allclose(y, want, atol=1e-5), (ref, float((y - want).abs().max()))
+    out = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert (out["gan_engine"]["g_step"], out["gan_engine"]["d_step"]) == (1, 1)          # one batch: a D and a G step
+
+
+def test_cli_import_then_predict_validate_and_resume(tmp_path, capsys):
+    data = tmp_path / "data"
+    for split, n in (("train", 4), ("val", 2)):
+        (data / split).mkdir(parents=True)
+        for i in range(n): np.save(data / split / f"{i}.npy", np.random.default_rng(i).random((4, 24, 24), dtype=np.float32))
+    run = tmp_path / "run"
+    assert main(["import-opensr", str(FIX / "esrgan.full.ckpt"), "--config", str(FIX / "esrgan.yaml"), "--output", str(run),
+                 "--value-range", "0", "1", f"Data.train_dir={data / 'train'}", f"Data.val_dir={data / 'val'}",
+                 "Data.lr_patch_size=12", "Trainer.max_epochs=-1", "Trainer.enable_progress_bar=false"]) == 0
+    out = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert len(out["optimizer_states"]) == 2 and out["optimizer_states"][0]["state"]   # its Adam moments carried over
+    inp = tmp_path / "in"; inp.mkdir(); np.save(inp / "x.npy", np.load(FIX / "esrgan.input.npy")[0])
+    assert main(["predict", "--ckpt", str(run / "checkpoints" / "last.ckpt"), "--input", str(inp), "--output", str(tmp_path / "o")]) == 0
+    got, want = np.load(tmp_path / "o" / "x.npy"), np.clip(np.load(FIX / "esrgan.output_ema.npy")[0], 0, 1)
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-5                 # `gan-engine predict` = OpenSR-SRGAN's EMA
+    assert main(["validate", "--ckpt", str(run / "checkpoints" / "last.ckpt")]) == 0
+    assert any(l.startswith("val/psnr: ") for l in capsys.readouterr().out.splitlines())
+    assert main(["train", "--resume", str(run / "checkpoints" / "last.ckpt"), "Training.max_steps=3"]) == 0
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["gan_engine"]["g_step"] == 3
+    assert main(["import-opensr", str(FIX / "esrgan.full.ckpt"), "--config", str(FIX / "esrgan.yaml"), "--output", str(run)]) == 2
