@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from .registry import ConfigWarning, get_key, has_key, pop_key, set_key
 
 # %% auto #0
-__all__ = ['OPENSR_MARKERS', 'OPENSR_KEYS', 'OPENSR_METRICS', 'translate_opensr', 'is_opensr_format']
+__all__ = ['OPENSR_MARKERS', 'OPENSR_KEYS', 'OPENSR_METRICS', 'OPENSR_NOTES', 'translate_opensr', 'is_opensr_format',
+           'opensr_key_table']
 
 # %% ../nbs/00b_opensr.ipynb #f52495b2
 def _move(c, src, dst):
@@ -168,3 +169,36 @@ def _opensr_keys(c:dict):
     if isinstance(c.get("TruncatedVGG"), dict):   # its VGG cut: relu{i}_{j}, one layer
         tv = c.pop("TruncatedVGG")
         set_key(c, "Training.Losses.perceptual_layers", {f"relu{int(tv.get('i', 5))}_{int(tv.get('j', 4))}": 1.0})
+
+# %% ../nbs/00b_opensr.ipynb #56fca075
+OPENSR_NOTES = {   # the keys `translate_opensr` handles in code, in words (the table below reads them)
+    "Training.device": "Trainer.accelerator (cuda becomes gpu)",
+    "Training.gpus": "Trainer.devices (an empty list, or the CPU, means one device)",
+    "Training.max_epochs": "Trainer.max_epochs; Training.max_steps becomes -1 unless set",
+    "Training.val_check_interval": "Trainer.val_check_interval",
+    "Training.limit_val_batches": "Trainer.limit_val_batches",
+    "Data.normalization": "one name (or mapping) applies to both branches: Data.normalization.lr and .hr",
+    "Data.dataset_type": "dropped with a note: images are read from Data.train_dir / Data.val_dir (or Data.root_dir)",
+    "Data.prefetch_factor": "honoured with workers; dropped with a note beside num_workers: 0",
+    "Logging.wandb.enabled": "Logging.logger: wandb when true",
+    "Training.Losses.fixed_idx": "Training.Losses.perceptual_bands",
+    "Generator.scaling_factor": "also Data.scale when the file does not set it (there the generator's factor is the scale)",
+    "Generator.model_type": "its own networks: SRResNet (and aliases) -> opensr_srresnet, esrgan (and aliases) -> opensr_esrgan; "
+                            "stochastic_gan -> the SRResNet, with a note; a block name means the SRResNet with that block",
+    "Discriminator.model_type": "its own networks: standard, patchgan, esrgan -> opensr_standard, opensr_patchgan, opensr_esrgan",
+    "Discriminator.use_spectral_norm": "on when the key is missing, as there (standard discriminator)",
+    "Schedulers.g_warmup_type": "any type but linear or cosine means no warm-up (g_warmup_steps 0), as there",
+    "Schedulers.verbose": "dropped with a note: Callbacks.lr_monitor logs learning rates",
+    "TruncatedVGG": "Training.Losses.perceptual_layers: {relu<i>_<j>: 1.0}",
+}
+
+def opensr_key_table():
+    "A DataFrame: each OpenSR-SRGAN key that is not the same here, and what happens to it."
+    import pandas as pd
+    rows = [(k, v) for k, v in OPENSR_NOTES.items()]
+    rows += [(k, f"-> {arg}" if action == "move" else f"dropped with a note: {arg}") for k, (action, arg) in OPENSR_KEYS.items()
+             if k not in ("Data.root_dir",)]
+    rows.append(("Data.root_dir", "its folder layout: root/{train,val}/{HR,LR} -> Data.train_dir, train_lr_dir, val_dir, val_lr_dir"))
+    rows += [(f"Schedulers.metric_g/_d: {k}", f"-> {v}" + ("" if k.endswith(v.split("/")[-1]) else " (with a note)"))
+             for k, v in OPENSR_METRICS.items()]
+    return pd.DataFrame(rows, columns=["OpenSR-SRGAN key", "in gan_engine"]).set_index("OpenSR-SRGAN key")
