@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from .registry import ConfigWarning, get_key, has_key, pop_key, set_key
 
 # %% auto #0
-__all__ = ['OPENSR_MARKERS', 'OPENSR_KEYS', 'OPENSR_METRICS', 'OPENSR_NOTES', 'translate_opensr', 'is_opensr_format',
-           'opensr_key_table']
+__all__ = ['OPENSR_MARKERS', 'OPENSR_KEYS', 'OPENSR_METRICS', 'OPENSR_DEFAULTS', 'OPENSR_NOTES', 'translate_opensr',
+           'is_opensr_format', 'opensr_key_table']
 
 # %% ../nbs/00b_opensr.ipynb #f52495b2
 def _move(c, src, dst):
@@ -26,12 +26,27 @@ def _drop(c, path, why):
 
 def _opensr_defaults(c:dict):
     "An OpenSR-format file builds OpenSR-SRGAN's own networks (`gan_engine.opensr_nets`), with its defaults."
+    for key, v in OPENSR_DEFAULTS.items():
+        if not has_key(c, key): set_key(c, key, copy.deepcopy(v))
+    if not has_key(c, "Schedulers.patience_d"): set_key(c, "Schedulers.patience_d", get_key(c, "Schedulers.patience_g"))
+    if str(get_key(c, "Generator.model_type", "")).strip().lower() in ("esrgan", "rrdbnet", "rrdb_net") and not has_key(c, "Generator.n_blocks"):
+        set_key(c, "Generator.n_blocks", 23)   # its ESRGAN default
     g = c.setdefault("Generator", {}) if isinstance(c.get("Generator", {}), dict) else {}
     mt = str(g.get("model_type", "srresnet")).strip().lower()
     if mt in ("srresnet", "esrgan"): g["model_type"] = f"opensr_{mt}"
     d = c.setdefault("Discriminator", {}) if isinstance(c.get("Discriminator", {}), dict) else {}
     dt = str(d.get("model_type", "standard")).strip().lower()
     if dt in ("standard", "patchgan", "esrgan"): d["model_type"] = f"opensr_{dt}"
+    losses = get_key(c, "Training.Losses") if isinstance(get_key(c, "Training.Losses"), dict) else {}
+    if losses.get("perceptual_weight", 0.1 if "perceptual_weight" not in losses else 0):   # its default weight is 0.1
+        if str(losses.get("perceptual_metric", "vgg")).lower() == "lpips":
+            losses["perceptual_metric"] = "vgg"
+            warnings.warn("Training.Losses.perceptual_metric='lpips' is not available in gan_engine (its weights are "
+                          "downloaded); the VGG-19 perceptual loss is used instead", ConfigWarning)
+        if "perceptual_layers" not in losses: losses["perceptual_layers"] = {"relu5_4": 1.0}   # its layer
+        warnings.warn("Training.Losses.perceptual_weight: the VGG-19 features (relu5_4) are compared with L1 on "
+                      "ImageNet-normalised bands here, with MSE on the bands as they are in OpenSR-SRGAN: the same "
+                      "weight gives a loss of another scale", ConfigWarning)
     if dt in ("standard", "patchgan"):   # its widths are fixed there: these keys only matter to its ESRGAN discriminator
         for key, fixed in (("base_channels", 64), ("linear_size", 1024)):
             if key in d and d[key] != fixed:
@@ -51,12 +66,12 @@ def translate_opensr(c:dict)->dict:
     if has_key(c, "Training.device"):
         dev = pop_key(c, "Training.device")
         set_key(c, "Trainer.accelerator", {"cuda": "gpu"}.get(str(dev).lower(), dev))
-    for k in ("gpus", "max_epochs", "val_check_interval", "limit_val_batches", "check_val_every_n_epoch"):
-        if has_key(c, f"Training.{k}"):
-            _move(c, f"Training.{k}", "Trainer." + {"gpus": "devices"}.get(k, k))
-    if has_key(c, "Trainer.devices"):   # there an empty list (or none) means one device, and the CPU always one
-        dev = get_key(c, "Trainer.devices")
-        if dev in (None, [], "") or str(get_key(c, "Trainer.accelerator", "")).lower() == "cpu": set_key(c, "Trainer.devices", 1)
+    if has_key(c, "Training.gpus"):   # there an empty list (or none) means one device, and the CPU always one
+        gpus = pop_key(c, "Training.gpus")
+        cpu = str(get_key(c, "Trainer.accelerator", "")).lower() == "cpu"
+        set_key(c, "Trainer.devices", 1 if gpus in (None, [], "") or cpu else gpus)
+    for k in ("max_epochs", "val_check_interval", "limit_val_batches", "check_val_every_n_epoch"):
+        if has_key(c, f"Training.{k}"): _move(c, f"Training.{k}", f"Trainer.{k}")
     if has_key(c, "Trainer.max_epochs") and not has_key(c, "Training.max_steps"):
         set_key(c, "Training.max_steps", -1)  # their runs are bounded by epochs
     if has_key(c, "Training.Losses.fixed_idx"):   # its RGB band choice for the perceptual loss
@@ -123,6 +138,13 @@ _BLOCK_ALIASES = {**dict.fromkeys(("standard", "srresnet", "vanilla", "classic",
 def is_opensr_format(c:Mapping)->bool:
     "True when a raw config has keys only OpenSR-SRGAN's format has."
     return isinstance(c, Mapping) and any(has_key(c, k) for k in OPENSR_MARKERS)
+
+# its defaults where they differ from gan_engine's: applied when an OpenSR-format file leaves the key out
+OPENSR_DEFAULTS = {"Data.num_workers": 4, "Data.normalization": "sen2_stretch", "Training.pretrain_g_only": False,
+                   "Training.g_pretrain_steps": 0, "Training.adv_loss_ramp_steps": 20000, "Training.label_smoothing": False,
+                   "Training.EMA.enabled": False, "Training.Losses.adv_loss_schedule": "cosine",
+                   "Training.Losses.sam_weight": 0.05, "Training.Losses.perceptual_weight": 0.1,
+                   "Schedulers.patience_g": 5, "Schedulers.g_warmup_steps": 0}
 
 # %% ../nbs/00b_opensr.ipynb #22cfadab
 def _norm_name(v)->str: return str(v).strip().lower().replace(" ", "_").replace("-", "_")
@@ -201,4 +223,5 @@ def opensr_key_table():
     rows.append(("Data.root_dir", "its folder layout: root/{train,val}/{HR,LR} -> Data.train_dir, train_lr_dir, val_dir, val_lr_dir"))
     rows += [(f"Schedulers.metric_g/_d: {k}", f"-> {v}" + ("" if k.endswith(v.split("/")[-1]) else " (with a note)"))
              for k, v in OPENSR_METRICS.items()]
+    rows += [(k, f"its default {v!r} when the file leaves it out (gan_engine's differs)") for k, v in OPENSR_DEFAULTS.items()]
     return pd.DataFrame(rows, columns=["OpenSR-SRGAN key", "in gan_engine"]).set_index("OpenSR-SRGAN key")
