@@ -136,6 +136,7 @@ SCHEMA["Generator"] = {
     "reduction": _key(16, "int", "channel-attention reduction of RCAB blocks", lo=1),
     "unet_depth": _key(4, "int", "down/up levels of the U-Net generator", lo=1, hi=8),
     "latent_dim": _key(64, "int", "latent generator: size of the latent vector made from the noise", lo=1),
+    "noise_dim": _key(128, "int", "opensr_stochastic: size of the latent drawn per image", lo=1),
     "extra_in_channels": _key(None, "int", "input channels beside the image; null = what the task feeds (1, the mask, for inpaint; else 0)", lo=0, nullable=True),
     "global_residual": _key("none", "str", "add an upsampled copy of the input to the output, so training starts from it (needs in_bands == out_bands; same-size generators add the input image itself)", choices=("none", "nearest", "bilinear", "bicubic")),
 }

@@ -87,10 +87,7 @@ def translate_opensr(c:dict)->dict:
         on = pop_key(c, "Logging.wandb.enabled")
         if on and not has_key(c, "Logging.logger"): set_key(c, "Logging.logger", "wandb")
     mt = c.get("Generator", {}).get("model_type") if isinstance(c.get("Generator"), Mapping) else None
-    if isinstance(mt, str) and mt.lower() == "stochastic_gan":
-        c["Generator"]["model_type"] = "opensr_srresnet" if opensr else "srresnet"
-        warnings.warn("Generator.model_type='stochastic_gan' is not honoured by gan_engine: its noise-injection "
-                      "generator is not implemented; using the SRResNet with the same block_type", ConfigWarning)
+    if isinstance(mt, str) and mt.lower() == "stochastic_gan": c["Generator"]["model_type"] = "opensr_stochastic"
     losses = c.get("Training", {}).get("Losses", {})
     if isinstance(losses, dict) and str(losses.get("perceptual_metric", "")).lower() == "lpips" and losses.get("perceptual_weight", 0):
         warnings.warn("Training.Losses.perceptual_metric='lpips' needs a local weights file in "
@@ -114,7 +111,6 @@ OPENSR_KEYS = {
     "Training.Losses.perceptual_loss_weight": ("drop", "it only fed OpenSR-SRGAN's printed summary; Training.Losses.perceptual_weight sets the weight"),
     "Training.Losses.randomize_bands": ("drop", "random bands for the perceptual loss are not drawn here; Training.Losses.perceptual_bands fixes them (default: the first three)"),
     "Generator.out_channels": ("move", "Model.out_bands"),
-    "Generator.noise_dim": ("drop", "the stochastic generator is not implemented (see Generator.model_type)"),
     "Schedulers.metric": ("move", "Schedulers.metric_g"),    # its fallback monitor for both schedules (metric_d copied below)
     "Schedulers.threshold": ("drop", "the plateau schedule here counts any improvement (no relative threshold)"),
     "Schedulers.cooldown": ("drop", "the plateau schedule here has no cooldown"),
@@ -205,8 +201,8 @@ OPENSR_NOTES = {   # the keys `translate_opensr` handles in code, in words (the 
     "Logging.wandb.enabled": "Logging.logger: wandb when true",
     "Training.Losses.fixed_idx": "Training.Losses.perceptual_bands",
     "Generator.scaling_factor": "also Data.scale when the file does not set it (there the generator's factor is the scale)",
-    "Generator.model_type": "its own networks: SRResNet (and aliases) -> opensr_srresnet, esrgan (and aliases) -> opensr_esrgan; "
-                            "stochastic_gan -> the SRResNet, with a note; a block name means the SRResNet with that block",
+    "Generator.model_type": "its own networks: SRResNet (and aliases) -> opensr_srresnet, esrgan (and aliases) -> opensr_esrgan, "
+                            "stochastic_gan (and aliases) -> opensr_stochastic; a block name means the SRResNet with that block",
     "Discriminator.model_type": "its own networks: standard, patchgan, esrgan -> opensr_standard, opensr_patchgan, opensr_esrgan",
     "Discriminator.use_spectral_norm": "on when the key is missing, as there (standard discriminator)",
     "Schedulers.g_warmup_type": "any type but linear or cosine means no warm-up (g_warmup_steps 0), as there",

@@ -19,6 +19,7 @@ from .data import resolve_value_range
 from .ema import EMACallback
 from .module import GANModule
 from .opensr import is_opensr_format
+from .pretrained import find_vgg19_weights
 from .config import yaml_load
 from .trainer import trainer_kwargs
 
@@ -94,8 +95,15 @@ def import_opensr(ckpt:str|Path, # an OpenSR-SRGAN Lightning checkpoint (.ckpt)
     if vr is None:
         raise ConfigError("Data.value_range: required to import (the raw data range; OpenSR-SRGAN's configs do not say it): "
                           "set it in the config, pass value_range=(low, high) or --value-range LOW HIGH")
-    with torch.random.fork_rng(devices=[]): module = GANModule(cfg, value_range=vr)
-    sd, notes = state["state_dict"], []
+    build, notes = cfg, []
+    if cfg.Training.Losses.perceptual_weight > 0 and cfg.Training.Losses.perceptual_metric == "vgg":
+        try: find_vgg19_weights(cfg.Training.Losses.perceptual_weights)
+        except FileNotFoundError:   # converting needs no loss network; the run's config keeps its perceptual loss
+            build = cfg.override("Training.Losses.perceptual_weight=0")
+            notes.append("no VGG-19 weights here (Training.Losses.perceptual_weights, or torchvision's file in the torch hub "
+                         "cache): training or validating the imported run with its perceptual loss will need them")
+    with torch.random.fork_rng(devices=[]): module = GANModule(build, value_range=vr)
+    sd = state["state_dict"]
     _load(module.generator, _part(sd, "generator."), "generator", ckpt)
     disc = _part(sd, "discriminator.")
     if module.discriminator is not None:
@@ -140,6 +148,7 @@ def _write_run(module:GANModule, cfg:Config, run:Path, state:Mapping, notes:list
         if key: fl[key][part] = {"ready": module.g_step, "completed": module.g_step}
         else: fl["epoch_loop.automatic_optimization.optim_progress"]["optimizer"]["step"][part] = {"ready": module.g_step, "completed": module.g_step}
     out["global_step"] = module.g_step
+    out.setdefault("hyper_parameters", {})["config"] = cfg.to_dict()   # the run's own config (the module may have been built without VGG)
     for name, st in (out.get("callbacks") or {}).items():   # the run's checkpoint callback owns this file: a resumed run
         if name.startswith("GANCheckpoint") and isinstance(st, dict): st["last_model_path"] = str(path.resolve())   # overwrites it
     out["opensr_import"] = {"source": str(ckpt), "global_step": int(state.get("global_step", 0)), "notes": notes}

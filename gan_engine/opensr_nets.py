@@ -16,8 +16,9 @@ from .registry import ConfigError, Registry
 
 # %% auto #0
 __all__ = ['GENERATORS', 'DISCRIMINATORS', 'ConvBlock', 'SubPixelBlock', 'upsampler', 'OpenSRSRResNet', 'OpenSRFlexible',
-           'OpenSRESRGAN', 'OpenSRStandardD', 'OpenSRESRGAND', 'OpenSRPatchGAN', 'build_opensr_srresnet',
-           'build_opensr_esrgan', 'build_opensr_standard', 'build_opensr_esrgan_d', 'build_opensr_patchgan']
+           'OpenSRESRGAN', 'OpenSRStochastic', 'OpenSRStandardD', 'OpenSRESRGAND', 'OpenSRPatchGAN',
+           'build_opensr_srresnet', 'build_opensr_esrgan', 'build_opensr_stochastic', 'build_opensr_standard',
+           'build_opensr_esrgan_d', 'build_opensr_patchgan']
 
 # %% ../nbs/04a_opensr_nets.ipynb #393bcc1d
 class ConvBlock(nn.Module):
@@ -180,6 +181,37 @@ class OpenSRESRGAN(_Interface):
         feat = feat + self.conv_body(self.body(feat))
         return self.conv_last(F.leaky_relu(self.conv_hr(self.upsampler(feat)), 0.2))
 
+# %% ../nbs/04a_opensr_nets.ipynb #23dab207
+class _NoiseBlock(nn.Module):
+    def __init__(self, n, k, noise_dim, res_scale):
+        super().__init__()
+        self.conv1, self.act, self.conv2 = nn.Conv2d(n, n, k, padding=k // 2), nn.PReLU(), nn.Conv2d(n, n, k, padding=k // 2)
+        self.noise_mlp = nn.Sequential(nn.Linear(noise_dim, n), nn.SiLU(), nn.Linear(n, 2 * n))
+        self.res_scale = res_scale
+    def forward(self, x, z):
+        gamma, beta = self.noise_mlp(z)[:, :, None, None].chunk(2, 1)
+        return x + self.res_scale * self.conv2(self.act(self.conv1(x) * (1 + gamma) + beta))
+
+class OpenSRStochastic(_Interface):
+    "OpenSR-SRGAN's stochastic generator: noise-modulated residual blocks, a fresh latent per call (its parameter names)."
+    def __init__(self, in_bands:int=3, scale:int=4, n_channels:int=64, n_blocks:int=16, large_kernel:int=9,
+                 small_kernel:int=3, noise_dim:int=128, res_scale:float=0.2):
+        super().__init__()
+        if scale not in (2, 4, 8): raise ValueError(f"Expected `scale` to be 2, 4 or 8 (OpenSR-SRGAN's stochastic generator) but got {scale!r}")
+        self.in_bands = self.out_bands = int(in_bands); self.scale, self.noise_dim = int(scale), int(noise_dim)
+        n, L, S = n_channels, large_kernel, small_kernel
+        self.head = nn.Sequential(nn.Conv2d(in_bands, n, L, padding=L // 2), nn.PReLU())
+        self.body = nn.ModuleList(_NoiseBlock(n, S, noise_dim, res_scale) for _ in range(n_blocks))
+        self.body_tail = nn.Conv2d(n, n, S, padding=S // 2)
+        self.upsampler = upsampler(n, scale)
+        self.tail = nn.Conv2d(n, in_bands, L, padding=L // 2)
+    def forward(self, x, cond=None, noise:torch.Tensor|None=None):
+        self._check(x, cond)
+        z = noise if noise is not None else torch.randn(len(x), self.noise_dim, device=x.device, dtype=x.dtype)
+        feat = h = self.head(x)
+        for block in self.body: h = block(h, z)
+        return self.tail(self.upsampler(feat + self.body_tail(h)))
+
 # %% ../nbs/04a_opensr_nets.ipynb #13bcbc37
 def _sn(m:nn.Module, on:bool)->nn.Module: return nn.utils.spectral_norm(m) if on else m
 
@@ -274,6 +306,13 @@ def build_opensr_esrgan(cfg)->nn.Module:
     g = cfg.Generator
     return _build(OpenSRESRGAN, "Generator.scaling_factor", cfg.Model.in_bands, g.scaling_factor, g.n_channels, g.n_blocks,
                   g.growth_channels, g.res_scale, cfg.Model.out_bands, g.use_icnr)
+
+@GENERATORS.register("opensr_stochastic")
+def build_opensr_stochastic(cfg)->nn.Module:
+    "OpenSR-SRGAN's stochastic generator (a fresh latent per call)."
+    g = cfg.Generator
+    return _build(OpenSRStochastic, "Generator.scaling_factor", cfg.Model.in_bands, g.scaling_factor, g.n_channels, g.n_blocks,
+                  g.large_kernel_size, g.small_kernel_size, g.noise_dim, g.res_scale)
 
 @DISCRIMINATORS.register("opensr_standard")
 def build_opensr_standard(cfg)->nn.Module:

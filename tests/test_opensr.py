@@ -225,3 +225,16 @@ def test_cli_import_then_predict_validate_and_resume(tmp_path, capsys):
     assert main(["train", "--resume", str(run / "checkpoints" / "last.ckpt"), "Training.max_steps=3"]) == 0
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["gan_engine"]["g_step"] == 3
     assert main(["import-opensr", str(FIX / "esrgan.full.ckpt"), "--config", str(FIX / "esrgan.yaml"), "--output", str(run)]) == 2
+
+
+def test_import_needs_no_vgg_weights_and_keeps_the_perceptual_loss_in_the_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    c = yaml_load((FIX / "srresnet_rcab.yaml").read_text())
+    del c["Training"]["Losses"]["perceptual_weight"]                     # its default: 0.1, a VGG loss
+    with pytest.warns(UserWarning, match="no VGG-19 weights here"):
+        run = import_opensr(FIX / "srresnet_rcab.ckpt", c, tmp_path / "run", value_range=(0.0, 1.0))
+    assert load_config(run / "config.yaml").Training.Losses.perceptual_weight == 0.1
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["hyper_parameters"]["config"]["Training"]["Losses"]["perceptual_weight"] == 0.1
+    x = torch.from_numpy(np.load(FIX / "srresnet_rcab.input.npy"))
+    with torch.no_grad(): y = load_predictor(run / "checkpoints" / "last.ckpt").generator(x)
+    assert torch.allclose(y, torch.from_numpy(np.load(FIX / "srresnet_rcab.output_ema.npy")), atol=1e-5)
