@@ -83,10 +83,11 @@ def main(argv=None):
     # the steps the budget allows, measured on a short run of the same config (so the cosine schedule ends at the budget;
     # 15 % is left for validations and checkpoints)
     per_step = _seconds_per_step(base, out_dir)
-    steps = int(0.85 * budget / per_step)
+    steps = max(8, int(0.85 * budget / per_step))
     print(f"{per_step:.3f} s per generator step: {steps} steps planned")
     cfg = base.override(f"Logging.output_dir={out_dir / 'run'}", f"Training.max_steps={steps}",
                         f"Training.g_pretrain_steps={int(0.8 * steps)}", f"Training.val_every_n_steps={max(50, steps // 6)}",
+                        f"Schedulers.g_warmup_steps={min(base.Schedulers.g_warmup_steps, steps // 4)}",
                         f"Trainer.max_time={{seconds: {int(budget)}}}", "Trainer.enable_progress_bar=false")
     wall0, cpu0 = time.perf_counter(), time.process_time()
     run = fit(cfg)

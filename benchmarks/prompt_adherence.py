@@ -90,11 +90,12 @@ def main(argv=None):
           f"CPUs {os.cpu_count()}")
 
     cpu_per_step = _cpu_seconds_per_step(base, out_dir)
-    steps = int(0.9 * budget / cpu_per_step)
+    steps = max(8, int(0.9 * budget / cpu_per_step))
     pre = int(base.Training.g_pretrain_steps / base.Training.max_steps * steps)   # the preset's shares of the run
     print(f"{cpu_per_step:.3f} CPU-s per generator step: {steps} steps planned ({pre} before the discriminator joins)")
     cfg = base.override(f"Logging.output_dir={out_dir / 'run'}", f"Training.max_steps={steps}",
                         f"Training.g_pretrain_steps={pre}", f"Training.val_every_n_steps={max(100, steps // 5)}",
+                        f"Schedulers.g_warmup_steps={min(base.Schedulers.g_warmup_steps, steps // 4)}",
                         "Trainer.enable_progress_bar=false", "Trainer.enable_model_summary=false")
     L.seed_everything(cfg.Training.seed, verbose=False)
     untrained = GANModule(cfg, value_range=(0.0, 1.0))
