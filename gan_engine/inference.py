@@ -19,7 +19,7 @@ from fastcore.basics import patch_to
 
 from .config import Config, ConfigError, load_config, is_import_path
 from .data import resolve_value_range
-from .images import DataError, IMAGE_EXTENSIONS, files_by_stem, list_images, probe_image, read_image
+from .images import DataError, IMAGE_EXTENSIONS, _chw_shape, files_by_stem, list_images, probe_image, read_image
 from .normalise import build_normalisers
 from .generators import build_generator
 from .masks import MASK_KINDS, MaskGenerator, read_mask
@@ -27,8 +27,8 @@ from .tasks import SRTask, Task, build_task
 from .checkpoint import CheckpointError, EMA_KEY, ema_state, load_state_file, read_checkpoint, state_part
 
 # %% auto #0
-__all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'Predictor', 'load_predictor', 'output_format', 'write_image',
-           'predict_path', 'generate_files']
+__all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'predict_tiled_to', 'Predictor', 'load_predictor', 'output_format',
+           'write_image', 'predict_path', 'generate_files', 'npy_windows']
 
 # %% ../nbs/13_inference.ipynb #c62d0baa
 def _check_int(name:str, v, lo:int, what:str=""):
@@ -131,6 +131,75 @@ def predict_tiled(fn:Callable[[torch.Tensor], torch.Tensor], # maps (N,C,h,w) to
             wsum[ys_, xs_] += w
     out = acc / wsum
     return out[0] if lr.ndim == 3 else out
+
+# %% ../nbs/13_inference.ipynb #9ba27dc2
+def _tile_weights(th, tw, ys, xs, H, W, scale, overlap, margin, window):
+    wy = {y: blend_window(th, scale, overlap, margin, y > 0, y + th < H, window) for y in ys}
+    wx = {x0: blend_window(tw, scale, overlap, margin, x0 > 0, x0 + tw < W, window) for x0 in xs}
+    return lambda y, x0: (wy[y][:, None] * wx[x0][None, :]).to(torch.float32).numpy()
+
+def _release(arr:np.ndarray, r0:int, r1:int):
+    "Write rows [r0, r1) of a memory-mapped (C, H, W) or (H, W) array to disk and drop their pages from memory."
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise"): return
+    import mmap
+    page, C = mmap.PAGESIZE, 1 if arr.ndim == 2 else arr.shape[0]
+    H, W = arr.shape[-2:]
+    mm.flush()
+    for c in range(C):
+        start = arr.offset + (c * H * W + r0 * W) * arr.itemsize
+        end = arr.offset + (c * H * W + r1 * W) * arr.itemsize
+        a, b = start - start % page, end - end % page   # whole pages only (the rows before r0 are final too)
+        if b > a: mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+
+def predict_tiled_to(fn:Callable[[torch.Tensor], torch.Tensor], # maps (N,C,h,w) to (N,C',h*scale,w*scale)
+                     read:Callable[[int, int, int, int], np.ndarray|torch.Tensor], # read(y, x, h, w) -> (C,h,w) input window
+                     size:tuple[int, int], # (H, W) of the input
+                     out:np.ndarray, # (C', H*scale, W*scale) float32, writable (e.g. a memory-mapped .npy), filled here
+                     scale:int, # output size / input size
+                     tile:int, # tile size in input pixels
+                     overlap:int=16, # overlap of neighbouring tiles in input pixels; tile > 2 * overlap
+                     batch_size:int=4, # tiles per call of `fn`
+                     margin:int|None=None, # input pixels at inner tile edges given weight 0; None = overlap // 4
+                     window:str="cosine", # blending ramp: "cosine" or "linear"
+                     rows_per_pass:int=256, # output rows normalised at a time
+                    )->np.ndarray: # `out`
+    "`predict_tiled` for one image that does not fit in memory: windows read on demand, the output written into `out`."
+    margin = _check_tiling(scale, tile, overlap, margin, batch_size)
+    H, W = (int(v) for v in size)
+    if out.dtype != np.float32 or out.ndim != 3 or out.shape[1:] != (H * scale, W * scale):
+        raise ValueError(f"Expected `out` to be a float32 (C, {H * scale}, {W * scale}) array but got {out.dtype} {tuple(out.shape)}")
+    th, tw = min(tile, H), min(tile, W)
+    ys, xs = tile_starts(H, tile, overlap), tile_starts(W, tile, overlap)
+    weight = _tile_weights(th, tw, ys, xs, H, W, scale, overlap, margin, window)
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="gan_engine-tiles-") as tmp:
+        wsum = np.lib.format.open_memmap(f"{tmp}/wsum.npy", mode="w+", dtype=np.float32, shape=(H * scale, W * scale))
+        out[...] = 0
+        positions = [(y, x0) for y in ys for x0 in xs]
+        done = 0   # output rows above this are final: normalised, written and let go of
+        for i in range(0, len(positions), batch_size):
+            chunk = positions[i:i + batch_size]
+            batch = torch.stack([torch.as_tensor(np.asarray(read(y, x0, th, tw)), dtype=torch.float32) for y, x0 in chunk])
+            res = fn(batch)
+            if not isinstance(res, torch.Tensor) or tuple(res.shape[-2:]) != (th * scale, tw * scale) or res.shape[1] != out.shape[0]:
+                raise ValueError(f"Expected `fn` to return ({len(chunk)}, {out.shape[0]}, {th * scale}, {tw * scale}) but got "
+                                 f"{tuple(res.shape) if isinstance(res, torch.Tensor) else type(res).__name__}")
+            res = res.detach().to("cpu", torch.float32).numpy()
+            for k, (y, x0) in enumerate(chunk):
+                w = weight(y, x0)
+                ys_, xs_ = slice(y * scale, (y + th) * scale), slice(x0 * scale, (x0 + tw) * scale)
+                out[:, ys_, xs_] += res[k] * w
+                wsum[ys_, xs_] += w
+            final = positions[i + batch_size][0] * scale if i + batch_size < len(positions) else H * scale
+            for r in range(done, final, rows_per_pass):   # no later tile reaches these rows
+                r1 = min(final, r + rows_per_pass)
+                out[:, r:r1] /= wsum[r:r1]
+                _release(out, r, r1); _release(wsum, r, r1)
+            done = max(done, final)
+        del wsum
+    if hasattr(out, "flush"): out.flush()
+    return out
 
 # %% ../nbs/13_inference.ipynb #e4fa51c9
 _AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "bf16-mixed": torch.bfloat16,
@@ -588,6 +657,9 @@ def predict_path(predictor:Predictor, # from `load_predictor` or `Predictor.from
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for f, dest, odt in plan:
+        if _streams(predictor, f, tile, masks, mask_kind):
+            written.append(predictor.predict_npy(f, dest, tile, overlap, batch_size, margin, cond=prompt if prompt is not None else cond,
+                                                 dtype=odt)); continue
         arr, _ = read_image(f)
         if predictor.value_range is not None:
             lo, hi = predictor.value_range
@@ -632,3 +704,43 @@ def generate_files(predictor:Predictor, # a prompt model generating from noise
             arr = _to_dtype(img * (255.0 / vr[1]), np.dtype(np.uint8)) if eight_bit else img.astype(np.float32)
             written.append(write_image(arr, dest))
     return written
+
+# %% ../nbs/13_inference.ipynb #ac922eae
+def npy_windows(path:str|Path)->tuple[Callable, tuple[int, int, int], np.dtype]:
+    "A window reader `read(y, x, h, w) -> float32 (C,h,w)` over a memory-mapped .npy, its (C,H,W) shape and dtype."
+    arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    C, H, W = _chw_shape(arr.shape, Path(path))
+    if arr.ndim == 2: read = lambda y, x, h, w: np.asarray(arr[None, y:y + h, x:x + w], np.float32)
+    elif arr.shape == (C, H, W): read = lambda y, x, h, w: np.asarray(arr[:, y:y + h, x:x + w], np.float32)
+    else: read = lambda y, x, h, w: np.ascontiguousarray(np.moveaxis(np.asarray(arr[y:y + h, x:x + w], np.float32), -1, 0))
+    return read, (C, H, W), arr.dtype
+
+def _streams(predictor, f:Path, tile, masks, mask_kind)->bool:
+    "Stream this file? Tiled SR of a .npy file (not inpainting, not generation from noise)."
+    return (tile is not None and f.suffix.lower() == ".npy" and not predictor.task.composes and masks is None
+            and mask_kind is None and getattr(predictor.task, "given", None) != "noise")
+
+@patch_to(Predictor)
+def predict_npy(self, src:str|Path, # input .npy (C,H,W), (H,W,C) or (H,W)
+                dest:str|Path, # output .npy (C', H*scale, W*scale)
+                tile:int, overlap:int=16, batch_size:int=4, margin:int|None=None, # tiling, as in `predict`
+                cond=None, # conditioning, as in `predict`
+                dtype=np.float32, # output dtype (integers are rounded and clipped, strip by strip)
+                rows_per_pass:int=256, # output rows converted at a time
+               )->Path:
+    "Tiled prediction of a .npy file into a .npy file, both memory-mapped: memory stays that of a few tiles."
+    read, (C, H, W), _ = npy_windows(src)
+    if self.in_bands is not None and C != self.in_bands:
+        raise DataError(f"Expected '{src}' to have {self.in_bands} bands (Model.in_bands of the model) but got {C}")
+    dest, dtype = Path(dest), np.dtype(dtype)
+    c = self._cond_batch(cond, 1)
+    fn = lambda tiles: self._run(tiles, _repeat(c, len(tiles)))
+    shape = (self.out_bands or C, H * self.scale, W * self.scale)
+    target = dest if dtype == np.float32 else dest.with_name(f".{dest.name}.float32.npy")
+    out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=shape)
+    with torch.no_grad(): predict_tiled_to(fn, read, (H, W), out, self.scale, tile, overlap, batch_size, margin)
+    if target != dest:   # integers: round and clip strip by strip into the final file
+        final = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=shape)
+        for r in range(0, shape[1], rows_per_pass): final[:, r:r + rows_per_pass] = _to_dtype(out[:, r:r + rows_per_pass], dtype)
+        final.flush(); del final, out; target.unlink()
+    return dest

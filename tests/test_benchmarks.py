@@ -13,6 +13,7 @@ SMOKE = {   # script -> (arguments of its quick form, lines its output must cont
     "step_overhead.py": (["--quick"], ["EMA update share of the plain step time"]),
     "inspector_overhead.py": (["--quick"], ["whole-run ratio with/without", "steady-state overhead at every 50 steps"]),
     "inpaint_quality.py": (["--minutes", "0.2"], ["GAN - biharmonic:", "goal (beat biharmonic hole PSNR within the budget):"]),
+    "predict_memory.py": (["--quick"], ["outputs at 64^2: bit-identical", "streaming holds"]),
     "prompt_adherence.py": (["--cpu-minutes", "0.2", "--per-spec", "1"],
                             ["GAN (EMA) · held-out", "real renders · seen", "goal (>= 90 % on each attribute"]),
 }

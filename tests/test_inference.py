@@ -415,3 +415,18 @@ def test_predict_path_warns_outside_value_range(run, tmp_path):
     np.save(src / "big.npy", np.full((3, 6, 6), 1000.0, np.float32))
     with pytest.warns(UserWarning, match=r"big.npy' has values in \[1000, 1000\], outside the model's value range \[0, 255\]"):
         predict_path(load_predictor(path), src, tmp_path / "out")
+
+
+# ---------------------------------------------------------------- whole scenes, streamed (issue 14)
+@pytest.mark.parametrize("layout,dtype", [("chw", np.float32), ("hwc", np.uint8)])
+def test_cli_predict_streams_npy_scenes_bit_identical_to_the_in_memory_path(run, tmp_path, layout, dtype):
+    from gan_engine.cli import main
+    from gan_engine.inference import load_predictor, _to_dtype
+    _, path, _ = run
+    scene = np.random.default_rng(3).integers(0, 256, (3, 53, 47)).astype(dtype)
+    src = tmp_path / "in"; src.mkdir()
+    np.save(src / "scene.npy", scene if layout == "chw" else scene.transpose(1, 2, 0))
+    assert main(["predict", "--ckpt", str(path), "--input", str(src), "--output", str(tmp_path / "out"), "--tile", "16", "--overlap", "4"]) == 0
+    got = np.load(tmp_path / "out" / "scene.npy", mmap_mode="r")
+    want = load_predictor(path).predict(scene.astype(np.float32), tile=16, overlap=4)
+    assert got.dtype == np.dtype(dtype) and np.array_equal(np.asarray(got), _to_dtype(want, np.dtype(dtype)))
