@@ -67,7 +67,7 @@ SCHEMA["Data"] = {
     "num_workers": _key(0, "int", "DataLoader worker processes", lo=0),
     "prefetch_factor": _key(None, "int", "batches prefetched per worker (only with num_workers > 0)", lo=1, nullable=True),
     "extensions": _key([".png", ".jpg", ".jpeg", ".npy", ".tif", ".tiff"], "list", "file extensions read from the folders"),
-    "value_range": _key(None, "list", "[low, high] of raw pixel values; null = from the dtype (uint8 0..255, uint16 0..65535, float 0..1)", nullable=True),
+    "value_range": _key(None, "list", "[low, high] of raw pixel values; null = from the dtype (uint8 0..255, uint16 0..65535, float 0..1), or for 16-bit data that stay below a quarter of that, from a high percentile of the training images", nullable=True),
     "allow_nonfinite": _key(False, "bool", "accept NaN/Inf pixels instead of raising"),
     "band_names": _key(None, "list", "names of the bands, for logs and display", nullable=True),
     "repeat": _key(1, "int", "passes over the training files per epoch (random crops differ each pass)", lo=1),

@@ -6,8 +6,8 @@ Docs: https://gan-engine.github.io/gan_engine/data.html.md"""
 
 # %% auto #0
 __all__ = ['SRDataset', 'gaussian_kernel1d', 'gaussian_blur', 'degrade', 'crop_position', 'augment', 'collate', 'ImageDataset',
-           'split_files', 'ResumableSampler', 'ResumableLoader', 'ShapesValidation', 'shapes_datasets', 'GANDataModule',
-           'resolve_value_range', 'smallest_image', 'check_paths']
+           'split_files', 'ResumableSampler', 'ResumableLoader', 'ShapesValidation', 'shapes_datasets',
+           'derive_value_range', 'GANDataModule', 'resolve_value_range', 'smallest_image', 'check_paths']
 
 # %% ../nbs/01_data.ipynb #713c5a04
 import math, warnings
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from fastcore.basics import patch_to
@@ -462,6 +463,20 @@ def shapes_datasets(cfg)->tuple[Dataset, Dataset]:
     return train, ShapesValidation(d.shapes.val_count, d.lr_patch_size, seed, pairs)
 
 # %% ../nbs/01_data.ipynb #b1b59621
+def derive_value_range(ds, # an ImageDataset whose value range came from its files' dtype
+                       sample:int=32, # files read (evenly spread)
+                       percentile:float=99.9, # of each file's values
+                       share:float=0.25, # derive only when the data reach below this share of the dtype's top
+                      )->tuple[float, float]|None:
+    "(low, high) of integer data of 16 bits or more that fill a small part of their dtype's range, from a high percentile."
+    lo, hi = ds.value_range
+    if hi < 65535: return None    # 8-bit and float data keep their dtype's range
+    files = ds.files[::max(1, len(ds.files) // sample)][:sample]
+    top = max(float(np.percentile(read_image(f)[0], percentile)) for f in files)
+    if top <= lo or top > lo + share * (hi - lo): return None
+    mag = 10 ** math.floor(math.log10(top - lo))   # round the top up to two significant digits: 9876 -> 9900, 10000 -> 10000
+    return (lo, lo + math.ceil(round((top - lo) / mag * 10, 6)) * mag / 10)
+
 class GANDataModule(L.LightningDataModule):
     "Lightning DataModule with the training and validation loaders of a Config's task (sr pairs, images with masks or prompts, or captioned shapes)."
     def __init__(self,
@@ -472,6 +487,7 @@ class GANDataModule(L.LightningDataModule):
         self.train_dataset: ImageDataset | None = None
         self.val_dataset: ImageDataset | None = None
         self._captions: dict = {}  # prompt task: image file -> its prompts
+        self.derived_value_range: tuple | None = None  # set when Data.value_range was derived from the data
 
     def _dataset(self, files, lr_dir, train: bool, key: str, lr_key: str) -> ImageDataset:
         c, d, deg = self.cfg, self.cfg.Data, self.cfg.Data.degradation
@@ -522,6 +538,14 @@ class GANDataModule(L.LightningDataModule):
             val_lr, val_key, val_lr_key = d.train_lr_dir, "Data.train_dir", "Data.train_lr_dir"
         self.train_dataset = self._dataset(train_files, d.train_lr_dir, True, "Data.train_dir", "Data.train_lr_dir")
         self.val_dataset = (self._dataset(val_files, val_lr, False, val_key, val_lr_key) if val_files else None)
+        if d.value_range is None:   # 16-bit data that uses a small part of its dtype's range (e.g. reflectance 0-10000)
+            derived = derive_value_range(self.train_dataset)
+            if derived is not None:
+                rank_zero_info(f"Data.value_range: {list(derived)} derived from the training images (their values use a "
+                               f"small part of the dtype's {list(self.train_dataset.value_range)}); set it to choose another")
+                for ds in (self.train_dataset, self.val_dataset):
+                    if ds is not None: ds.value_range = derived
+                self.derived_value_range = derived
         if self.val_dataset is not None and self.val_dataset.value_range != self.train_dataset.value_range:
             raise DataError(f"Expected validation images to share the training value range "
                             f"{self.train_dataset.value_range} but got {self.val_dataset.value_range}; set Data.value_range")

@@ -243,13 +243,16 @@ def prepare(config:Config|dict|str|None=None, # config, dict or YAML path (None 
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"Model.continue_training: checkpoint {str(resume)!r} does not exist")
     L.seed_everything(cfg.Training.seed, workers=True, verbose=False)
+    dm = GANDataModule(cfg)
+    if cfg.Data.value_range is None and not resume and dm.value_range is not None and dm.derived_value_range is not None:
+        cfg = cfg.override(f"Data.value_range=[{dm.value_range[0]}, {dm.value_range[1]}]")   # into config.yaml, as used
+        dm.cfg = cfg
     if launched_as_worker():  # not the first process: never choose or write a run directory
         run_dir = Path(os.environ.get(_RUN_DIR_ENV) or cfg.Logging.output_dir)  # provisional; RunDirSync gives rank 0's
     else:
         run_dir = (run_dir_of(resume) if resume else None) or new_run_dir(cfg.Logging.output_dir)
         save_config(cfg, run_dir / ("config.yaml" if not resume else "config.resumed.yaml"))
         os.environ[_RUN_DIR_ENV] = str(run_dir)  # inherited by DDP workers the launcher starts
-    dm = GANDataModule(cfg)
     module = GANModule(cfg, value_range=dm.value_range)
     if cfg.Model.load_checkpoint and not resume: load_weights(module, cfg.Model.load_checkpoint)
     if cfg.Model.load_discriminator: load_discriminator_weights(module, cfg.Model.load_discriminator)

@@ -432,3 +432,21 @@ def test_samples_are_as_documented():
         assert x.shape[0] == 4 and m["dtype"] == "uint16" and x.min() >= 0 and x.max() <= 10000
     total = sum(p.stat().st_size for p in SAMPLES.rglob("*") if p.is_file())
     assert total < 5 * 2**20
+
+
+def test_uint16_reflectance_gets_its_range_from_the_data_and_the_run_records_it(tmp_path):
+    "The 4-band sample is uint16 reflectance 0-10000: not the dtype's 0-65535 (issue 14: inflated PSNR before)."
+    from gan_engine.config import load_config
+    from gan_engine.testing import tiny_config
+    from gan_engine.trainer import fit
+    ms = SAMPLES / "multispectral"
+    cfg = tiny_config(SAMPLES, [f"Data.train_dir={ms / 'train'}", f"Data.val_dir={ms / 'val'}", "Model.in_bands=4",
+                                     "Training.max_steps=2", "Training.val_every_n_steps=2", f"Logging.output_dir={tmp_path}/run"])
+    run = fit(cfg)
+    assert run.module.value_range == (0.0, 10000.0)
+    assert load_config(run.run_dir / "config.yaml").Data.value_range == [0.0, 10000.0]
+    assert run.trainer.callback_metrics["val/psnr"] < 45             # measured on 0-10000, not inflated by 0-65535
+    own = tiny_config(SAMPLES, [f"Data.train_dir={ms / 'train'}", f"Data.val_dir={ms / 'val'}", "Model.in_bands=4",
+                                     "Data.value_range=[0, 65535]"])
+    from gan_engine.data import GANDataModule
+    assert GANDataModule(own).value_range == (0.0, 65535.0)           # a range that is set always wins
