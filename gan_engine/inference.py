@@ -28,7 +28,7 @@ from .checkpoint import CheckpointError, EMA_KEY, ema_state, load_state_file, re
 
 # %% auto #0
 __all__ = ['tile_starts', 'blend_window', 'predict_tiled', 'predict_tiled_to', 'Predictor', 'load_predictor', 'output_format',
-           'write_image', 'predict_path', 'generate_files', 'npy_windows']
+           'write_image', 'predict_path', 'generate_files', 'npy_windows', 'is_georeferenced']
 
 # %% ../nbs/13_inference.ipynb #c62d0baa
 def _check_int(name:str, v, lo:int, what:str=""):
@@ -657,6 +657,10 @@ def predict_path(predictor:Predictor, # from `load_predictor` or `Predictor.from
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for f, dest, odt in plan:
+        if dest.suffix.lower() in (".tif", ".tiff") and is_georeferenced(f) and not predictor.task.composes and masks is None \
+                and mask_kind is None:   # GeoTIFF in, GeoTIFF out, by windows (tiled or not)
+            written.append(predictor.predict_geotiff(f, dest, tile, overlap, batch_size, margin,
+                                                     cond=prompt if prompt is not None else cond)); continue
         if _streams(predictor, f, tile, masks, mask_kind):
             written.append(predictor.predict_npy(f, dest, tile, overlap, batch_size, margin, cond=prompt if prompt is not None else cond,
                                                  dtype=odt)); continue
@@ -744,3 +748,55 @@ def predict_npy(self, src:str|Path, # input .npy (C,H,W), (H,W,C) or (H,W)
         for r in range(0, shape[1], rows_per_pass): final[:, r:r + rows_per_pass] = _to_dtype(out[:, r:r + rows_per_pass], dtype)
         final.flush(); del final, out; target.unlink()
     return dest
+
+# %% ../nbs/13_inference.ipynb #92ca0a43
+def _rasterio():
+    try: import rasterio
+    except ImportError: return None
+    return rasterio
+
+def is_georeferenced(path:str|Path)->bool:
+    "True for a .tif/.tiff that rasterio reads and that has a coordinate system (False without rasterio)."
+    rio = _rasterio()
+    if rio is None or Path(path).suffix.lower() not in (".tif", ".tiff"): return False
+    try:
+        with rio.open(path) as ds: return ds.crs is not None
+    except Exception: return False
+
+@patch_to(Predictor)
+def predict_geotiff(self, src:str|Path, # a georeferenced GeoTIFF
+                    dest:str|Path, # the output GeoTIFF
+                    tile:int|None=None, overlap:int=16, batch_size:int=4, margin:int|None=None, # tiling (None = one tile)
+                    cond=None, # conditioning, as in `predict`
+                    rows_per_pass:int=256, # output rows written at a time
+                   )->Path:
+    "Tiled prediction of a GeoTIFF into a GeoTIFF by windows: CRS, scaled geotransform, dtype, nodata and band descriptions kept."
+    rio = _rasterio()
+    if rio is None: raise ImportError('Expected rasterio for GeoTIFF input: pip install "gan_engine[geo]"')
+    from rasterio.windows import Window
+    import tempfile
+    with rio.open(src) as ds:
+        C, H, W, nodata, dtype = ds.count, ds.height, ds.width, ds.nodata, np.dtype(ds.dtypes[0])
+        if self.in_bands is not None and C != self.in_bands:
+            raise DataError(f"Expected '{src}' to have {self.in_bands} bands (Model.in_bands of the model) but got {C}")
+        read = lambda y, x, h, w: ds.read(window=Window(x, y, w, h)).astype(np.float32)
+        c, s = self._cond_batch(cond, 1), self.scale
+        fn = lambda tiles: self._run(tiles, _repeat(c, len(tiles)))
+        bands = self.out_bands or C
+        profile = {**ds.profile, "driver": "GTiff", "width": W * s, "height": H * s, "count": bands,
+                   "transform": ds.transform * ds.transform.scale(1 / s, 1 / s), "tiled": True, "blockxsize": 256, "blockysize": 256}
+        with tempfile.TemporaryDirectory(prefix="gan_engine-geo-") as tmp:
+            out = np.lib.format.open_memmap(f"{tmp}/out.npy", mode="w+", dtype=np.float32, shape=(bands, H * s, W * s))
+            with torch.no_grad(): predict_tiled_to(fn, read, (H, W), out, s, tile or max(H, W), overlap if tile else 0, batch_size, margin)
+            with rio.open(dest, "w", **profile) as dst:
+                for r in range(0, H * s, rows_per_pass):
+                    r1 = min(H * s, r + rows_per_pass)
+                    block = _to_dtype(np.asarray(out[:, r:r1]), dtype)
+                    if nodata is not None:   # nodata in every input band stays nodata (nearest, scale x scale)
+                        src_rows = ds.read(window=Window(0, r // s, W, -(-r1 // s) - r // s))
+                        hole = (src_rows == nodata).all(0).repeat(s, 0).repeat(s, 1)[r - (r // s) * s:][: r1 - r]
+                        block[:, hole] = nodata
+                    dst.write(block, window=Window(0, r, W * s, r1 - r))
+                if ds.descriptions and bands == C: dst.descriptions = ds.descriptions
+            del out
+    return Path(dest)

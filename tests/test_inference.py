@@ -430,3 +430,23 @@ def test_cli_predict_streams_npy_scenes_bit_identical_to_the_in_memory_path(run,
     got = np.load(tmp_path / "out" / "scene.npy", mmap_mode="r")
     want = load_predictor(path).predict(scene.astype(np.float32), tile=16, overlap=4)
     assert got.dtype == np.dtype(dtype) and np.array_equal(np.asarray(got), _to_dtype(want, np.dtype(dtype)))
+
+
+def test_cli_predict_geotiff_keeps_its_georeferencing(run, tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+    from gan_engine.cli import main
+    from gan_engine.inference import load_predictor, _to_dtype
+    _, path, _ = run
+    src = tmp_path / "in"; src.mkdir()
+    scene = np.random.default_rng(4).integers(1, 256, (3, 37, 45)).astype(np.uint8); scene[:, -5:, -7:] = 0
+    with rasterio.open(src / "s2.tif", "w", driver="GTiff", width=45, height=37, count=3, dtype="uint8", crs="EPSG:32632",
+                       transform=from_origin(600000, 5000000, 10, 10), nodata=0) as d:
+        d.write(scene); d.descriptions = ("red", "green", "blue")
+    assert main(["predict", "--ckpt", str(path), "--input", str(src), "--output", str(tmp_path / "out"), "--tile", "16", "--overlap", "4"]) == 0
+    with rasterio.open(tmp_path / "out" / "s2.tif") as o:
+        assert (o.crs.to_epsg(), o.width, o.height, o.nodata, o.descriptions) == (32632, 90, 74, 0, ("red", "green", "blue"))
+        assert (o.transform.a, o.transform.e, o.transform.c, o.transform.f) == (5.0, -5.0, 600000.0, 5000000.0)
+        got = o.read()
+    want = _to_dtype(load_predictor(path).predict(scene.astype(np.float32), tile=16, overlap=4), np.dtype(np.uint8))
+    assert np.array_equal(got[:, :64, :76], want[:, :64, :76]) and got[:, -10:, -14:].max() == 0
