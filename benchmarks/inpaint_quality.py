@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse, logging, os, sys, tempfile, time, warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from gan_engine.cli import quickstart_config

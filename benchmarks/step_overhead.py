@@ -53,28 +53,36 @@ TARGET_EMA = 0.03     # EMA update's share of the plain step time
 
 # --- configuration ---------------------------------------------------------------------------------------
 
-FULL = dict(n_blocks=8, n_channels=32, growth_channels=32, lr_size=32, batch=8, scale=4,
-            d_base=64, d_blocks=3, rounds=8, steps=4, warmup=3)
-QUICK = dict(n_blocks=1, n_channels=8, growth_channels=8, lr_size=8, batch=2, scale=4,
-             d_base=8, d_blocks=2, rounds=4, steps=4, warmup=2)
+# benchmark: the issue's configuration (an RRDB generator at a size where a CPU step takes seconds);
+# tiny: the laptop quickstart's networks (`gan-engine train`), where Lightning's fixed cost per step shows;
+# quick: smaller still, a smoke run in seconds (what CI runs)
+SIZES = {
+    "benchmark": dict(generator={"model_type": "esrgan", "block_type": "rrdb", "n_blocks": 8, "n_channels": 32,
+                                 "growth_channels": 32},
+                      lr_size=32, batch=8, scale=4, d_base=64, d_blocks=3, rounds=8, steps=4, warmup=3),
+    "tiny": dict(generator={"model_type": "srresnet", "block_type": "res", "n_blocks": 4, "n_channels": 32,
+                            "global_residual": "bicubic"},
+                 lr_size=32, batch=8, scale=2, d_base=32, d_blocks=3, rounds=20, steps=6, warmup=10),
+    "quick": dict(generator={"model_type": "esrgan", "block_type": "rrdb", "n_blocks": 1, "n_channels": 8,
+                             "growth_channels": 8},
+                  lr_size=8, batch=2, scale=4, d_base=8, d_blocks=2, rounds=4, steps=4, warmup=2),
+}
 
-def make_config(s:dict, total_steps:int, data:str, out:str):
-    "The benchmark's gan_engine config: RRDB generator, PatchGAN, l1 + bce, EMA on, adversarial from step 0; fit's defaults otherwise."
+def make_config(s:dict, total_steps:int, data:str, out:str, overrides=()):
+    "The benchmark's gan_engine config: the size's generator, PatchGAN, l1 + bce, EMA on, adversarial from step 0; fit's defaults otherwise."
     return load_config({
         "Data": {"train_dir": data, "val_dir": data, "scale": s["scale"], "lr_patch_size": s["lr_size"],
                  "train_batch_size": s["batch"], "value_range": [0.0, 1.0],
                  "normalization": {"lr": "zero_one", "hr": "zero_one"},
                  "augment": {"hflip": True, "vflip": True, "rot90": True}},
-        "Generator": {"model_type": "esrgan", "block_type": "rrdb", "n_blocks": s["n_blocks"],
-                      "n_channels": s["n_channels"], "growth_channels": s["growth_channels"],
-                      "scaling_factor": s["scale"]},
+        "Generator": {**s["generator"], "scaling_factor": s["scale"]},
         "Discriminator": {"model_type": "patchgan", "base_channels": s["d_base"], "n_blocks": s["d_blocks"]},
         "Training": {"max_steps": total_steps, "g_pretrain_steps": 0, "d_update_interval": 1,
                      "val_every_n_steps": 0, "EMA": {"enabled": True},
                      "Losses": {"l1_weight": 1.0, "adv_loss_type": "bce", "adv_loss_beta": 1e-3}},
         "Logging": {"output_dir": out},
         "Trainer": {"limit_val_batches": 0, "num_sanity_val_steps": 0},  # per-step cost only: no validation
-    })
+    }, overrides)
 
 def make_images(s:dict, n:int, folder:Path, seed:int=0):
     "`n` random float32 images (3, HR, HR) in [0, 1] as .npy files, the size of one crop."
@@ -182,23 +190,39 @@ class Interleave(L.Callback):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, help=f"timed rounds per side (default {FULL['rounds']}; quick {QUICK['rounds']})")
-    p.add_argument("--steps", type=int, help=f"steps per timed round (default {FULL['steps']}; quick {QUICK['steps']})")
-    p.add_argument("--warmup", type=int, help=f"untimed steps per side first (default {FULL['warmup']}; quick {QUICK['warmup']})")
+    p.add_argument("--size", choices=("both", "tiny", "benchmark"), default="both",
+                   help="tiny (the quickstart's networks), benchmark (the issue's RRDB configuration) or both (default)")
+    p.add_argument("--rounds", type=int, help="timed rounds per side (default: the size's, see SIZES)")
+    p.add_argument("--steps", type=int, help="steps per timed round (default: the size's)")
+    p.add_argument("--warmup", type=int, help="untimed steps per side first (default: the size's)")
     p.add_argument("--images", type=int, default=16, help="training images written to a temporary folder (default 16)")
-    p.add_argument("--quick", action="store_true", help="tiny networks and images, few steps: a smoke run in seconds")
+    p.add_argument("--quick", action="store_true", help="smaller networks and images, few steps: a smoke run in seconds")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="config overrides for fit()'s side, e.g. Callbacks.health.enabled=false (to see what a feature costs)")
     a = p.parse_args(argv)
-    s = dict(QUICK if a.quick else FULL)
-    for k in ("rounds", "steps", "warmup"):
-        if getattr(a, k) is not None: s[k] = getattr(a, k)
-    if s["rounds"] < 1 or s["steps"] < 1 or s["warmup"] < 0 or a.images < s["batch"]:
-        p.error(f"Expected --rounds >= 1, --steps >= 1, --warmup >= 0, --images >= the batch ({s['batch']}) but got "
-                f"{s['rounds']}, {s['steps']}, {s['warmup']}, {a.images}")
-
-    load0 = os.getloadavg()[0]
+    names = ["quick"] if a.quick else ["tiny", "benchmark"] if a.size == "both" else [a.size]
+    sizes = {}
+    for n in names:
+        s = sizes[n] = dict(SIZES[n])
+        for k in ("rounds", "steps", "warmup"):
+            if getattr(a, k) is not None: s[k] = getattr(a, k)
+        if s["rounds"] < 1 or s["steps"] < 1 or s["warmup"] < 0 or a.images < s["batch"]:
+            p.error(f"Expected --rounds >= 1, --steps >= 1, --warmup >= 0, --images >= the batch ({s['batch']}) but got "
+                    f"{s['rounds']}, {s['steps']}, {s['warmup']}, {a.images}")
     print("$ " + " ".join(shlex.quote(x) for x in ["python", *sys.argv]))
     print(f"torch {torch.__version__}, lightning {L.__version__}, python {sys.version.split()[0]}; "
           f"torch threads {torch.get_num_threads()} (interop {torch.get_num_interop_threads()})")
+    results = {n: measure(n, s, a) for n, s in sizes.items()}
+    print("\nsummary (median of the per-round ratios; target <= %.2f)" % TARGET_RATIO)
+    for n, r in results.items():
+        print(f"  {n:<9} plain {r['plain_ms']:8.1f} ms  fit() {r['fit_ms']:8.1f} ms  ratio {r['ratio']:.3f} "
+              f"(range {r['lo']:.3f}..{r['hi']:.3f})  {'MET' if r['ratio'] <= TARGET_RATIO else 'NOT MET'}")
+    return results
+
+def measure(name:str, s:dict, a)->dict:
+    "Interleave fit() and the plain loop at size `s`; print the report and return its figures."
+    load0 = os.getloadavg()[0]
+    print(f"\n=== size: {name} ===")
     lightning_steps = s["warmup"] + s["rounds"] * s["steps"] + 1   # +1: the batch whose start closes the last round
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
@@ -206,10 +230,9 @@ def main(argv=None):
                   "limit_val_batches"):   # expected here: no validation, 2 batches an epoch
             warnings.filterwarnings("ignore", message=f".*{m}.*")
         make_images(s, a.images, Path(tmp) / "data")
-        cfg = make_config(s, lightning_steps, str(Path(tmp) / "data"), str(Path(tmp) / "run"))
+        cfg = make_config(s, lightning_steps, str(Path(tmp) / "data"), str(Path(tmp) / "run"), a.overrides)
         hw = s["lr_size"] * s["scale"]
-        print(f"config: generator esrgan/rrdb n_blocks={s['n_blocks']} n_channels={s['n_channels']} "
-              f"growth_channels={s['growth_channels']} x{s['scale']}; discriminator patchgan base_channels={s['d_base']} "
+        print(f"config: generator " + " ".join(f"{k}={v}" for k, v in s["generator"].items()) + f" x{s['scale']}; discriminator patchgan base_channels={s['d_base']} "
               f"n_blocks={s['d_blocks']}; batch {s['batch']}, LR {s['lr_size']}x{s['lr_size']} -> HR {hw}x{hw}; "
               f"losses l1 + bce (beta {cfg.Training.Losses.adv_loss_beta}), D every {cfg.Training.d_update_interval} G step, "
               f"EMA decay {cfg.Training.EMA.decay}, normalisation zero_one on [0, 1]; {a.images} .npy images")
@@ -265,7 +288,7 @@ def main(argv=None):
     print(f"\nmedian per batch: plain {mp * 1000:.1f} ms, fit() {ml * 1000:.1f} ms (difference {1000 * (ml - mp):+.1f} ms)")
     print(f"ratio fit()/plain: {ratio:.3f} (median of the per-round ratios; range {min(rr):.3f}..{max(rr):.3f}); "
           f"ratio of the medians above: {ml / mp:.3f}")
-    note = "  [--quick: tiny nets, so this shows the fixed per-step overhead, not the issue's configuration]" if a.quick else ""
+    note = "  [--quick: a smoke run; its nets are too small for the figure to mean much]" if a.quick else ""
     print(f"target <= {TARGET_RATIO:.2f}x: {'MET' if ratio <= TARGET_RATIO else 'NOT MET'}{note}")
     print(f"cross-checks: CPU-time ratio (medians) "
           f"{med(timer.lightning_cpu) / med(timer.plain_cpu):.3f}; single-step wall ratio (median step) "
@@ -278,10 +301,10 @@ def main(argv=None):
           f"({100 * log_write / every / mp:.3f} % of a plain step; logger writes inside the timed windows: {n_logs})")
     print(f"EMA update share of the plain step time (median over rounds): {100 * ema:.2f} %  "
           f"(target < {100 * TARGET_EMA:.0f} %: {'MET' if ema < TARGET_EMA else 'NOT MET'})"
-          + ("  [--quick: tiny nets, not the issue's configuration]" if a.quick else ""))
+          + ("  [small nets: the EMA target is for the benchmark size]" if name != "benchmark" else ""))
     print(f"load average (1 min) at start {load0:.2f}, at end {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs "
           f"(other processes inflate single rounds; see the range above)")
-    return ratio, ema
+    return dict(ratio=ratio, lo=min(rr), hi=max(rr), ema=ema, plain_ms=1000 * mp, fit_ms=1000 * ml)
 
 if __name__ == "__main__":
     main()

@@ -354,8 +354,8 @@ def build_callbacks(cfg:Config, # validated config (`Callbacks`, `Logging.logger
     if cfg.Callbacks.lr_monitor:
         if cfg.Logging.logger != "none" or cfg.Trainer.get("logger"): cbs.append(LearningRateMonitor(logging_interval="step"))
         else: warnings.warn("Callbacks.lr_monitor: the run has no logger (Logging.logger: none), so no LearningRateMonitor "
-                            "is added; the learning rates are still logged each step as train/lr_g and train/lr_d "
-                            "(trainer.callback_metrics)", ConfigWarning)
+                            "is added; the learning rates are still recorded each step as train/lr_g and train/lr_d "
+                            "(GANModule.train_values)", ConfigWarning)
     es = early_stopping_callback(cfg)
     if es is not None: cbs.append(es)
     cbs += extra_validation_callbacks(cfg)

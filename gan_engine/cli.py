@@ -158,6 +158,10 @@ def _parser()->argparse.ArgumentParser:
     pr.add_argument("--overlap", type=int, default=16, help="tile overlap in LR pixels")
     pr.add_argument("--raw", action="store_true", help="use the training weights instead of the EMA weights")
     pr.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    pr.add_argument("--precision", default="32", choices=("32", "bf16", "16"),
+                    help="the generator under autocast in bf16 or float16 (GPUs; bf16 also on recent CPUs); default float32")
+    pr.add_argument("--channels-last", action="store_true", help="the generator in channels-last memory format (GPUs with tensor cores)")
+    pr.add_argument("--tile-batch", type=int, default=4, help="tiles per generator call with --tile (default 4)")
     pr.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     im = sub.add_parser("import-opensr", help="convert an OpenSR-SRGAN checkpoint and its config into a gan_engine run directory")
     im.add_argument("ckpt", help="the OpenSR-SRGAN Lightning checkpoint (.ckpt)")
@@ -224,7 +228,9 @@ def _predict(args)->Path:
     if args.tile is not None and not (args.overlap >= 0 and args.tile > 2 * args.overlap):
         raise ConfigError(f"--tile/--overlap: expected --tile > 2 x --overlap and --overlap >= 0 but got "
                           f"--tile {args.tile}, --overlap {args.overlap}")
-    predictor = load_predictor(args.ckpt, raw=args.raw, map_location=args.device)
+    if args.tile_batch < 1: raise ConfigError(f"--tile-batch: expected at least 1 tile per call but got {args.tile_batch}")
+    predictor = load_predictor(args.ckpt, raw=args.raw, map_location=args.device,
+                               dtype=None if args.precision == "32" else args.precision, channels_last=args.channels_last)
     task = predictor.task
     if getattr(task, "name", "") == "prompt" and not args.prompt:
         raise ConfigError("--prompt: required for this prompt model (Model.task prompt); e.g. --prompt \"a small red circle\"")
@@ -237,7 +243,8 @@ def _predict(args)->Path:
     else:
         if not args.input: raise ConfigError("--input: required (an image file or a folder of images)")
         if args.prompt and len(args.prompt) > 1: raise ConfigError("--prompt: give one prompt for the images of --input")
-        written = predict_path(predictor, args.input, args.output, tile=args.tile, overlap=args.overlap, masks=args.mask,
+        written = predict_path(predictor, args.input, args.output, tile=args.tile, overlap=args.overlap,
+                               batch_size=args.tile_batch, masks=args.mask,
                                mask_kind=args.mask_kind, mask_seed=args.mask_seed, invert=args.mask_invert,
                                channels=args.mask_channels, prompt=args.prompt[0] if args.prompt else None)
     print(f"Wrote {len(written)} file(s) to {args.output} with the {predictor.weights} weights")

@@ -65,6 +65,7 @@ SCHEMA["Data"] = {
     "train_batch_size": _key(8, "int", "training batch size (per device)", lo=1),
     "val_batch_size": _key(8, "int", "validation batch size (per device)", lo=1),
     "num_workers": _key(0, "int", "DataLoader worker processes", lo=0),
+    "on_bad_file": _key("error", "str", "an unreadable or invalid image file (truncated, empty, NaN/inf pixels, wrong bands, too small) is an error naming the file, or is left out with a warning and a count in the log", choices=("error", "skip")),
     "prefetch_factor": _key(None, "int", "batches prefetched per worker (only with num_workers > 0)", lo=1, nullable=True),
     "extensions": _key([".png", ".jpg", ".jpeg", ".npy", ".tif", ".tiff"], "list", "file extensions read from the folders"),
     "value_range": _key(None, "list", "[low, high] of raw pixel values; null = from the dtype (uint8 0..255, uint16 0..65535, float 0..1), or for 16-bit data that stay below a quarter of that, from a high percentile of the training images", nullable=True),
@@ -172,6 +173,10 @@ SCHEMA["Training"] = {
     "val_every_n_steps": _key(250, "int", "validate every N generator steps (0 = Lightning's per-epoch default or Trainer.val_check_interval)", lo=0),
     "seed": _key(42, "int", "random seed for weights, crops and splits", lo=0),
     "precision": _key(32, "any", "numeric precision", choices=(32, 16, "bf16")),
+    "channels_last": _key(False, "bool", "networks and their image inputs in channels-last (NHWC) memory format: faster convolutions on GPUs with tensor cores, mostly with 16/bf16 precision"),
+    "compile": _key("none", "str", "torch.compile these networks in place (state_dict names unchanged); the first steps are slow while it compiles", choices=("none", "generator", "discriminator", "both")),
+    "compile_mode": _key("default", "str", "torch.compile mode", choices=("default", "reduce-overhead", "max-autotune")),
+    "matmul_precision": _key(None, "str", "torch.set_float32_matmul_precision for float32 matrix products (high/medium allow TF32 on GPUs); null = leave torch's setting", choices=("highest", "high", "medium"), nullable=True),
     "pretrain_g_only": _key(True, "bool", "train the generator alone for g_pretrain_steps first"),
     "g_pretrain_steps": _key(1000, "int", "generator-only steps before adversarial training", lo=0),
     "adv_loss_ramp_steps": _key(500, "int", "generator steps to ramp the adversarial weight to adv_loss_beta", lo=0),
@@ -477,6 +482,9 @@ def _cross_checks(c:dict, problems:list):
     elif not sr and g["scaling_factor"] != 1:
         problems.append(f"Generator.scaling_factor: {g['scaling_factor']}, but Model.task {m['task']!r} keeps the image "
                         "size; set it to 1 or leave it null")
+    if t["compile"] in ("discriminator", "both") and losses["adv_loss_beta"] <= 0 and losses["feature_matching_weight"] <= 0:
+        problems.append(f"Training.compile: {t['compile']!r}, but this run has no discriminator (Training.Losses.adv_loss_beta and "
+                        "feature_matching_weight are 0); use 'generator' or 'none'")
     need, what = _extra_channels(m)
     if g["extra_in_channels"] is None: g["extra_in_channels"] = need
     elif need and g["extra_in_channels"] != need:

@@ -176,7 +176,8 @@ def _check_stall(self, step:int, values:Mapping, elapsed:int)->list:
 @patch_to(TrainingHealth)
 def _read(self, trainer, pl_module, outputs)->dict[str, float]:
     "The watched values of this step as floats (one device sync; averaged across processes under DDP)."
-    cm = trainer.callback_metrics
+    cm = getattr(pl_module, "train_values", None)
+    if not isinstance(cm, Mapping): cm = trainer.callback_metrics
     watched = {self.d_real_key, self.d_fake_key, self.stall_monitor, self.phase_key}
     items = [(k, v) for k, v in cm.items() if k in watched or fnmatch.fnmatchcase(k, self.loss_pattern)]
     if getattr(pl_module, "grad_norm_step", None) == trainer.global_step:  # gradient norms measured in this very step

@@ -219,6 +219,7 @@ class Predictor:
                  scale:int|None=None, # upscaling factor; None = `generator.scale` (else 1)
                  device:str|torch.device="cpu", # where the generator runs
                  dtype:torch.dtype|str|None=None, # autocast dtype, e.g. torch.bfloat16 or "bf16"; None = float32
+                 channels_last:bool=False, # the generator and its inputs in channels-last memory format (faster on GPUs with tensor cores)
                  in_bands:int|None=None, # bands expected (Model.in_bands); None = `generator.in_bands` if set
                  cond_dim:int=0, # size of the conditioning embedding (Model.cond_dim)
                  config:Config|None=None, # the run's config, for reference
@@ -232,6 +233,8 @@ class Predictor:
         if missing: raise ValueError(f"Expected `normalisers` to have 'lr' and 'hr' entries but it lacks {missing}")
         self.device, self.dtype = torch.device(device), _autocast_dtype(dtype)
         self.generator = generator.eval().requires_grad_(False).to(self.device)
+        self.channels_last = bool(channels_last)
+        if self.channels_last: self.generator.to(memory_format=torch.channels_last)
         self.normalisers = {b: n.to(self.device) if isinstance(n, nn.Module) else n for b, n in normalisers.items()}
         for n in self.normalisers.values():
             if isinstance(n, nn.Module): n.eval()
@@ -245,7 +248,7 @@ class Predictor:
 
     def __repr__(self):
         return (f"Predictor(task={self.task.name!r}, scale={self.scale}, in_bands={self.in_bands}, value_range={self.value_range}, "
-                f"device={self.device}, dtype={self.dtype}, weights={self.weights!r}, source={self.source})")
+                f"device={self.device}, dtype={self.dtype}, channels_last={self.channels_last}, weights={self.weights!r}, source={self.source})")
 
     @classmethod
     def from_module(cls,
@@ -253,14 +256,16 @@ class Predictor:
                     raw:bool=False, # the training weights instead of the EMA weights
                     device:str|torch.device|None=None, # None = where the generator is now
                     dtype:torch.dtype|str|None=None, # autocast dtype (None = float32)
+                    channels_last:bool|None=None, # channels-last memory format; None = the run's Training.channels_last
                    )->"Predictor":
         "A predictor from a live GANModule, with copies of its (EMA) generator and normalisers."
         ema = getattr(module, "ema", None)
         g = module.generator if raw or ema is None else ema.module
         if device is None: device = next(iter(g.parameters())).device
         cfg = getattr(module, "cfg", None)
+        if channels_last is None: channels_last = bool(cfg is not None and cfg.Training.channels_last)
         return cls(copy.deepcopy(g), {b: copy.deepcopy(n) for b, n in module.normalisers.items()}, module.value_range,
-                   device=device, dtype=dtype, in_bands=cfg.Model.in_bands if cfg is not None else None,
+                   device=device, dtype=dtype, channels_last=channels_last, in_bands=cfg.Model.in_bands if cfg is not None else None,
                    cond_dim=cfg.Model.cond_dim if cfg is not None else 0, config=cfg,
                    weights="raw" if raw or ema is None else "ema", task=getattr(module, "task", None))
 
@@ -313,6 +318,7 @@ def _generate(self, xn:torch.Tensor, cond:torch.Tensor|None)->torch.Tensor:
     if isinstance(cond, torch.Tensor):
         c = cond.to(self.device, torch.float32)
         if "cond" in self.normalisers: c = self.normalisers["cond"](c)
+    if self.channels_last: xn = xn.contiguous(memory_format=torch.channels_last)
     ctx = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
     with ctx: out = self.generator(xn, c) if c is not None else self.generator(xn)
     return out.float()[..., :h * self.scale, :w * self.scale]
@@ -321,7 +327,7 @@ def _generate(self, xn:torch.Tensor, cond:torch.Tensor|None)->torch.Tensor:
 def _run(self, x:torch.Tensor, cond:torch.Tensor|None)->torch.Tensor:
     "(B,C,h,w) raw tensor → (B,C',h*s,w*s) raw float32 tensor on x's device."
     home = x.device
-    with torch.no_grad():
+    with torch.inference_mode():
         out = self._generate(self.normalisers["lr"](x.to(self.device, torch.float32)), cond)
         out = self.normalisers["hr"].inverse(out)
         if self.value_range is not None: out = out.clamp(*self.value_range)
@@ -389,7 +395,7 @@ def _mask_batch(self, mask, x:torch.Tensor)->torch.Tensor:
 def _inpaint(self, x, m, c, tile, overlap, batch_size, margin)->torch.Tensor:
     "Fill on the whole image (so every tile sees one fill), generate whole or in tiles, composite in raw units."
     home = x.device
-    with torch.no_grad():
+    with torch.inference_mode():
         xd, md = x.to(self.device, torch.float32), m.to(self.device)
         gin, _ = self.task.generator_input({"hr": self.normalisers["hr"](xd), "mask": md,
                                             **({"prompt": c} if isinstance(c, list) else {})})
@@ -418,7 +424,7 @@ def generate(self,
     bands = self.in_bands or 3
     z = torch.randn((1, bands, size, size), generator=torch.Generator().manual_seed(int(seed)))
     z = z.expand(len(prompts), -1, -1, -1).contiguous()   # one noise for every prompt: they differ by the prompt alone
-    with torch.no_grad():
+    with torch.inference_mode():
         x, c = self.task.generator_input({"noise": z.to(self.device), "prompt": prompts})
         out = self.normalisers["hr"].inverse(self._generate(x, c))
         if self.value_range is not None: out = out.clamp(*self.value_range)
@@ -507,6 +513,7 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
                    map_location:str|torch.device="cpu", # where tensors are loaded (torch.load)
                    device:str|torch.device|None=None, # where the generator runs; None = `map_location`
                    dtype:torch.dtype|str|None=None, # autocast dtype for the generator, e.g. "bf16"; None = float32
+                   channels_last:bool=False, # the generator and its inputs in channels-last memory format
                    config:Config|Mapping|str|Path|None=None, # the run's config: needed for a weights file; overrides a checkpoint's
                    value_range:Sequence[float]|None=None, # (low, high) of raw values; None = from the checkpoint or config
                    trust_imports:bool=False, # allow a checkpoint's config to name code by import path
@@ -532,7 +539,7 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
         raise CheckpointError(f"{e} ('{path}')") from None
     dev = device if device is not None else (map_location if isinstance(map_location, (str, torch.device)) else "cpu")
     return Predictor(generator, normalisers, vr, scale=cfg.Generator.scaling_factor, device=dev, dtype=dtype,
-                     in_bands=cfg.Model.in_bands, cond_dim=cfg.Model.cond_dim, config=cfg, weights=weights, source=path,
+                     channels_last=channels_last, in_bands=cfg.Model.in_bands, cond_dim=cfg.Model.cond_dim, config=cfg, weights=weights, source=path,
                      task=build_task(cfg))
 
 # %% ../nbs/13_inference.ipynb #4ce90352
@@ -742,7 +749,7 @@ def predict_npy(self, src:str|Path, # input .npy (C,H,W), (H,W,C) or (H,W)
     shape = (self.out_bands or C, H * self.scale, W * self.scale)
     target = dest if dtype == np.float32 else dest.with_name(f".{dest.name}.float32.npy")
     out = np.lib.format.open_memmap(target, mode="w+", dtype=np.float32, shape=shape)
-    with torch.no_grad(): predict_tiled_to(fn, read, (H, W), out, self.scale, tile, overlap, batch_size, margin)
+    with torch.inference_mode(): predict_tiled_to(fn, read, (H, W), out, self.scale, tile, overlap, batch_size, margin)
     if target != dest:   # integers: round and clip strip by strip into the final file
         final = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=shape)
         for r in range(0, shape[1], rows_per_pass): final[:, r:r + rows_per_pass] = _to_dtype(out[:, r:r + rows_per_pass], dtype)
@@ -787,7 +794,7 @@ def predict_geotiff(self, src:str|Path, # a georeferenced GeoTIFF
                    "transform": ds.transform * ds.transform.scale(1 / s, 1 / s), "tiled": True, "blockxsize": 256, "blockysize": 256}
         with tempfile.TemporaryDirectory(prefix="gan_engine-geo-") as tmp:
             out = np.lib.format.open_memmap(f"{tmp}/out.npy", mode="w+", dtype=np.float32, shape=(bands, H * s, W * s))
-            with torch.no_grad(): predict_tiled_to(fn, read, (H, W), out, s, tile or max(H, W), overlap if tile else 0, batch_size, margin)
+            with torch.inference_mode(): predict_tiled_to(fn, read, (H, W), out, s, tile or max(H, W), overlap if tile else 0, batch_size, margin)
             with rio.open(dest, "w", **profile) as dst:
                 for r in range(0, H * s, rows_per_pass):
                     r1 = min(H * s, r + rows_per_pass)

@@ -32,7 +32,7 @@ from .checkpoint import rank_rng, read_training_state, rng_state, set_rng_state,
 from .checkpoint import set_optimization_mode, shift_logger_step
 
 # %% auto #0
-__all__ = ['split_batch', 'GANModule', 'grad_norm', 'ScheduleFeed']
+__all__ = ['split_batch', 'GANModule', 'to_channels_last', 'grad_norm', 'ScheduleFeed']
 
 # %% ../nbs/08_module.ipynb #2dd60940
 def _micro_sizes(n:int, k:int)->list[int]:
@@ -82,6 +82,8 @@ class GANModule(L.LightningModule):
         self.discriminator_source = "fresh"  # or the file it was loaded from (`load_discriminator_weights`)
         self.grad_norms: dict[str, torch.Tensor] = {}  # last measured gradient norm per network ("g", "d")
         self.grad_norm_step: int|None = None  # generator steps done when they were measured
+        self.train_values: dict[str, torch.Tensor|float] = {}  # this step's train/* values (see step 9)
+        self._log_every_step = True  # until on_train_start knows what reads them
         self.val_panels: dict[str, torch.Tensor] = {}
         self._val_metrics_ready = False
         if self.value_range is not None: self._build_val_metrics()
@@ -113,13 +115,38 @@ def normalise_batch(self, batch:dict)->dict:
     "A copy of `batch` with `lr`, `hr` and `cond` normalised by their branch's normaliser (prompt strings pass as they are)."
     out = dict(batch)
     for b in ("lr", "hr", "cond"):
-        if isinstance(batch.get(b), torch.Tensor): out[b] = self.normalisers[b](batch[b])
+        if isinstance(batch.get(b), torch.Tensor): out[b] = self._layout(self.normalisers[b](batch[b]))
     return out
 
 @patch_to(GANModule)
 def denormalise(self, x:torch.Tensor, branch:str="hr")->torch.Tensor:
     "Back to raw units (`hr` branch by default)."
     return self.normalisers[branch].inverse(x)
+
+# %% ../nbs/08_module.ipynb #1c6e5e69
+def to_channels_last(x):
+    "A 4-D tensor in channels-last memory format; anything else unchanged."
+    return x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4 else x
+
+@patch_to(GANModule)
+def _layout(self, x):
+    return to_channels_last(x) if self.cfg.Training.channels_last else x
+
+@patch_to(GANModule)
+def configure_model(self):
+    "Apply `Training.channels_last`, `compile` and `matmul_precision` (once)."
+    t = self.cfg.Training
+    if t.matmul_precision is not None: torch.set_float32_matmul_precision(t.matmul_precision)
+    if getattr(self, "_fast_paths_done", False): return
+    nets = {"generator": self.generator, "discriminator": self.discriminator}
+    if t.channels_last:
+        for m in [*nets.values(), self.ema.module if self.ema is not None else None]:
+            if m is not None: m.to(memory_format=torch.channels_last)
+    wanted = {"none": (), "generator": ("generator",), "discriminator": ("discriminator",),
+              "both": ("generator", "discriminator")}[t.compile]
+    for name in wanted:
+        if nets[name] is not None: nets[name].compile(mode=None if t.compile_mode == "default" else t.compile_mode)
+    self._fast_paths_done = True
 
 # %% ../nbs/08_module.ipynb #d3f7b237
 @patch_to(GANModule)
@@ -175,6 +202,7 @@ def on_train_start(self):
     # resumed generator-only run) is put there
     for sched in self._schedulers():
         if sched.last_epoch != self.g_step: sched.go_to(self.g_step)
+    self.train_values, self._log_every_step = {}, self._monitors_train_values()
 
 # %% ../nbs/08_module.ipynb #22574846
 @patch_to(GANModule)
@@ -368,13 +396,31 @@ def _lr(self, i:int)->float:
     return self._optimizers()[i].param_groups[0]["lr"]
 
 @patch_to(GANModule)
+def _train_values_read(self, step:int)->bool:
+    "Does anything read the `train/*` values of generator step `step` (0-based) through Lightning (loggers, last step, stop, monitors)?"
+    if self._trainer is None: return True
+    t = self.trainer
+    if self._log_every_step or t.should_stop or (t.max_steps > 0 and step + 1 >= t.max_steps): return True
+    lc = getattr(t, "_logger_connector", None)
+    return lc is None or bool(lc.should_update_logs)
+
+@patch_to(GANModule)
+def _monitors_train_values(self)->bool:
+    "True when a callback or a plateau schedule watches a `train/` value, so Lightning must see it every step."
+    t = self.trainer
+    watched = [getattr(cb, "monitor", None) for cb in t.callbacks]
+    watched += [self.cfg.Schedulers.metric_g, self.cfg.Schedulers.metric_d]
+    return t.log_every_n_steps <= 1 or any(isinstance(m, str) and m.startswith("train/") for m in watched)
+
+@patch_to(GANModule)
 def _log_train(self, step:int, loss, logs:dict):
     logs = {f"train/{k}": v for k, v in logs.items()}
     logs.update({"train/loss_g": loss.detach() if isinstance(loss, torch.Tensor) else loss,
                  "train/adv_weight": self.plan.adv_weight(step), "train/phase": float(self.plan.adversarial_active(step)),
                  "train/lr_g": self._lr(0), "train/g_step": float(step + 1)})
     if self.adversarial: logs["train/lr_d"] = self._lr(1)
-    self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
+    self.train_values.update(logs)
+    if self._train_values_read(step): self.log_dict(self.train_values, on_step=True, on_epoch=False, batch_size=1)
 
 # %% ../nbs/08_module.ipynb #a87da25d
 @patch_to(GANModule)

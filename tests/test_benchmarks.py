@@ -10,12 +10,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = {   # script -> (arguments of its quick form, lines its output must contain)
-    "step_overhead.py": (["--quick"], ["EMA update share of the plain step time"]),
+    "step_overhead.py": (["--quick"], ["EMA update share of the plain step time", "summary (median of the per-round ratios"]),
     "inspector_overhead.py": (["--quick"], ["whole-run ratio with/without", "steady-state overhead at every 50 steps"]),
     "inpaint_quality.py": (["--minutes", "0.2"], ["GAN - biharmonic:", "goal (beat biharmonic hole PSNR within the budget):"]),
+    "loader_share.py": (["--quick", "--workers", "0", "1"], ["loader alone (num_workers=", "fastest: num_workers="]),
     "predict_memory.py": (["--quick"], ["outputs at 64^2: bit-identical", "streaming holds"]),
     "prompt_adherence.py": (["--cpu-minutes", "0.2", "--per-spec", "1"],
                             ["GAN (EMA) · held-out", "real renders · seen", "goal (>= 90 % on each attribute"]),
+    # with OpenSR-SRGAN absent (CI) it times gan_engine alone and says so; with $OPENSR_PYTHON set it compares
+    "vs_opensr.py": (["--quick"], ["gan_engine: torch", "ms per batch" if not os.environ.get("OPENSR_PYTHON") else "ratio gan_engine/OpenSR"]),
 }
 
 

@@ -31,7 +31,7 @@ class Steps(L.Callback):
     "Records what each generator step did."
     def __init__(self): self.rows = []
     def on_train_batch_end(self, trainer, m, outputs, batch, batch_idx):
-        self.rows.append((m.g_step, m.d_step, trainer.global_step, float(trainer.callback_metrics["train/phase"])))
+        self.rows.append((m.g_step, m.d_step, trainer.global_step, float(m.train_values["train/phase"])))
 
 
 @pytest.mark.parametrize("interval,pretrain,steps", [(1, 3, 9), (2, 0, 7), (4, 5, 14)])
@@ -117,7 +117,7 @@ def test_bf16_run_has_finite_losses():
     losses = []
     class Losses(L.Callback):
         def on_train_batch_end(self, trainer, m, *a):
-            losses.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/loss")})
+            losses.append({k: float(v) for k, v in m.train_values.items() if k.startswith("train/loss")})
     module, t = fit(cfg, 6, callbacks=[Losses()], precision="bf16-mixed", **NO_VAL)
     assert module.g_step == 6 and module.d_step == 4
     assert all(math.isfinite(v) for row in losses for v in row.values())

@@ -159,7 +159,7 @@ def test_generator_only_checkpoint_holds_the_finished_step():
 class Terms(L.Callback):
     def __init__(self): self.rows = []
     def on_train_batch_end(self, trainer, m, *a):
-        cm = trainer.callback_metrics
+        cm = m.train_values   # every step's values (Lightning sees them at the loggers' interval)
         if "train/feature_matching" in cm:
             self.rows.append((m.g_step - 1, float(cm["train/feature_matching_w"] / cm["train/feature_matching"]),
                               float(cm["train/adv_w"] / cm["train/adv"])))
