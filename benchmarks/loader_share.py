@@ -43,7 +43,13 @@ def step_time(workers:int, steps:int, warmup:int, out:str)->float:
 def loader_time(batches:int)->float:
     "Median seconds per batch of the quickstart's training loader on its own (its default workers)."
     dm = GANDataModule(quickstart_config()); dm.setup("fit")
-    it, times = iter(dm.train_dataloader()), []
+    dl = dm.train_dataloader()
+    def forever():   # epochs one after another, as training sees them
+        epoch = 0
+        while True:
+            if hasattr(dl.sampler, "set_epoch"): dl.sampler.set_epoch(epoch)
+            yield from dl; epoch += 1
+    it, times = forever(), []
     next(it)
     for _ in range(batches):
         t = time.perf_counter(); next(it); times.append(time.perf_counter() - t)

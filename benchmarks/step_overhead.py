@@ -267,10 +267,10 @@ def measure(name:str, s:dict, a)->dict:
     assert len(timer.lightning_each) == len(timer.plain_each) == s["rounds"] * s["steps"]
     same = {"generator": (module.generator, plain.G), "discriminator": (module.discriminator, plain.D),
             "EMA generator": (module.ema.module, plain.ema.module)}
-    for name, (x, y) in same.items():
+    for net, (x, y) in same.items():
         a_, b_ = x.state_dict(), y.state_dict()
         bad = [k for k in a_ if not torch.equal(a_[k], b_[k])]
-        assert not bad, f"fit() and the plain loop computed different {name} weights: {bad[:5]}"
+        assert not bad, f"fit() and the plain loop computed different {net} weights: {bad[:5]}"
     print(f"same computation: after {plain.g_step} steps the generator, discriminator and EMA weights of fit() and "
           f"the plain loop are bit-identical")
     print(f"Trainer.fit: {fit_s:.1f} s in all ({lightning_steps} steps + {s['rounds']} plain rounds)")

@@ -20,7 +20,7 @@ from fastcore.basics import patch_to
 from .config import Config
 from .registry import ConfigError, ConfigWarning, Registry, check_choice, check_int, did_you_mean
 from .health import TrainingHealth
-from .checkpoint import EMA_KEY, WEIGHT_FORMATS, weight_paths, write_weight_files
+from .checkpoint import EMA_KEY, WEIGHT_FORMATS, WriteError, weight_paths, write_weight_files
 
 # %% auto #0
 __all__ = ['EXTRA_VALIDATION', 'missing_metric_message', 'GANCheckpoint', 'checkpoint_callbacks', 'GANEarlyStopping',
@@ -151,9 +151,19 @@ def _prefix(self, pl_module)->str|None:
     return next((n for n, m in pl_module.named_modules() if m is g), self.generator_attr)
 
 @patch_to(GANCheckpoint)
+def _write_failed(self, trainer, filepath, e:WriteError)->WriteError:
+    "The error that ends training when a checkpoint or its weight files cannot be written (disk full, read-only folder)."
+    folder = Path(filepath).parent
+    newest = max(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, default=None) if folder.is_dir() else None
+    keep = f"; the newest checkpoint on disk is '{newest}': resume from it once the disk has room" if newest else ""
+    return WriteError(f"GANCheckpoint: {e}. Training stopped at generator step {trainer.global_step}: a run that cannot "
+                      f"save its checkpoints would lose its work{keep}", e.errno)
+
+@patch_to(GANCheckpoint)
 def _save_checkpoint(self, trainer, filepath):
     self._saving, self._pending = True, None
     try: super(GANCheckpoint, self)._save_checkpoint(trainer, filepath)
+    except WriteError as e: raise self._write_failed(trainer, filepath, e) from e
     finally: self._saving = False
     ckpt, self._pending = self._pending, None
     if not trainer.is_global_zero: return
@@ -166,7 +176,8 @@ def _save_checkpoint(self, trainer, filepath):
         m = trainer.lightning_module
         ckpt = {"state_dict": m.state_dict()}
         if getattr(m, "ema", None) is not None: ckpt[EMA_KEY] = m.ema.state_dict()
-    write_weight_files(ckpt, filepath, prefix, self.weights_format)
+    try: write_weight_files(ckpt, filepath, prefix, self.weights_format)
+    except WriteError as e: raise self._write_failed(trainer, filepath, e) from e
 
 @patch_to(GANCheckpoint)
 def _link_checkpoint(self, trainer, filepath, linkpath):

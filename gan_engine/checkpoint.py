@@ -6,7 +6,7 @@ Docs: https://gan-engine.github.io/gan_engine/checkpoint.html.md"""
 
 # %% ../nbs/06a_checkpoint.ipynb #ebb644d4
 from __future__ import annotations
-import os, random
+import os, pickle, random, re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable
@@ -18,11 +18,11 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from .images import DataError
 
 # %% auto #0
-__all__ = ['STATE_KEY', 'EMA_KEY', 'WEIGHT_FORMATS', 'weight_paths', 'write_atomic', 'save_atomic', 'CheckpointError',
-           'GANCheckpointIO', 'read_checkpoint', 'state_part', 'ema_state', 'generator_weights', 'checkpoint_config',
-           'save_state_file', 'load_state_file', 'write_weight_files', 'rng_state', 'set_rng_state',
-           'write_training_state', 'read_training_state', 'rank_rng', 'loader_position', 'optimizer_steps',
-           'set_optimization_mode', 'shift_logger_step']
+__all__ = ['STATE_KEY', 'EMA_KEY', 'WEIGHT_FORMATS', 'weight_paths', 'WriteError', 'write_atomic', 'save_atomic',
+           'CheckpointError', 'GANCheckpointIO', 'read_checkpoint', 'state_part', 'ema_state', 'generator_weights',
+           'checkpoint_config', 'check_state_fits', 'save_state_file', 'load_state_file', 'write_weight_files',
+           'rng_state', 'set_rng_state', 'write_training_state', 'read_training_state', 'rank_rng', 'loader_position',
+           'optimizer_steps', 'set_optimization_mode', 'shift_logger_step']
 
 # %% ../nbs/06a_checkpoint.ipynb #51e13d69
 STATE_KEY = "gan_engine"            # the module's training state in a checkpoint dict
@@ -48,6 +48,12 @@ def weight_paths(ckpt:str|Path, # a checkpoint path `X.ckpt`
     return tuple(p.with_name(f"{stem}{s}.{fmt}") for s in _WEIGHT_STEMS)
 
 # %% ../nbs/06a_checkpoint.ipynb #35aa97af
+class WriteError(DataError, OSError):
+    "Writing a file failed (disk full, read-only folder); the message names the file and the OS error, the previous file is kept."
+    def __init__(self, message:str, errno:int|None=None):
+        super().__init__(message); self.errno = errno
+    def __str__(self): return str(self.args[0]) if self.args else ""
+
 def _tmp_name(path:Path)->Path: return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 def _fsync_dir(folder:Path):
@@ -57,20 +63,38 @@ def _fsync_dir(folder:Path):
     except OSError: pass
     finally: os.close(fd)
 
+def _os_error(e:BaseException)->OSError|None:
+    "The OSError behind `e` (itself, or what it was raised from: torch's writer wraps the file's error)."
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError): return e
+        seen.add(id(e)); e = e.__cause__ or e.__context__
+    return None
+
+def _write_failed(path:Path, e:OSError, existed:bool)->WriteError:
+    if isinstance(e, WriteError): return e
+    why = f"[Errno {e.errno}] {e.strerror}" if e.strerror else f"{type(e).__name__}: {e}"
+    kept = f"the previous '{path.name}' is kept unchanged" if existed else f"no '{path.name}' was created"
+    return WriteError(f"Could not write '{path}': {why}; {kept} and no partial file is left "
+                      f"(free disk space or make the folder writable)", e.errno)
+
 def write_atomic(path:str|Path, # the file to (re)place
                  write:Callable, # write(file_object) writes the content to a binary file
                 )->Path:
-    "Write `path` all at once: to a temporary file beside it, fsync, then rename over the target."
+    "Write `path` all at once: to a temporary file beside it, fsync, then rename over the target; a failed write raises `WriteError`."
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for old in path.parent.glob(f".{path.name}.tmp-*"): old.unlink(missing_ok=True)  # from a killed writer
-    tmp = _tmp_name(path)
+    existed, tmp = path.exists(), _tmp_name(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for old in path.parent.glob(f".{path.name}.tmp-*"): old.unlink(missing_ok=True)  # from a killed writer
         with open(tmp, "wb") as f:
             write(f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True); raise
+    except BaseException as e:
+        try: tmp.unlink(missing_ok=True)
+        except OSError: pass
+        if (err := _os_error(e)) is not None: raise _write_failed(path, err, existed) from e
+        raise
     _fsync_dir(path.parent)
     return path
 
@@ -96,20 +120,51 @@ class GANCheckpointIO(TorchCheckpointIO):
         return read_checkpoint(path, map_location=map_location, weights_only=True if weights_only is None else weights_only)
 
 # %% ../nbs/06a_checkpoint.ipynb #e3f0ce4e
+def _load_reason(e:Exception)->str:
+    "Why torch.load failed, in one short line (without torch's advice to load unsafely)."
+    msg = str(e)
+    lines = [l.strip() for l in msg.splitlines() if l.strip()]
+    if not lines: return ""
+    if not lines[0].startswith("Weights only load failed"): return lines[0].split(". ")[0][:200]
+    rest = msg.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in msg else "\n".join(lines[1:])
+    why = [l.strip() for l in rest.splitlines()
+           if l.strip() and not l.strip().startswith(("Check the documentation", "(1)", "(2)", "Please file an issue"))]
+    return " ".join(why).split(" Please use ")[0][:200].rstrip(".")
+
+def _runs_code(e:Exception)->bool:
+    "True when torch refused the file because unpickling it would import or call Python objects."
+    return (isinstance(e, pickle.UnpicklingError) and str(e).startswith("Weights only load failed")
+            and re.search(r"GLOBAL|global|reduce|Unsupported class|BUILD|build", _load_reason(e)) is not None)
+
+def _unreadable(path:Path, e:Exception)->CheckpointError:
+    "The CheckpointError for a file torch.load(weights_only=True) could not read."
+    if _runs_code(e):
+        return CheckpointError(
+            f"Refusing '{path}': it is not a plain-weights checkpoint. Unpickling it would import and call Python "
+            f"code ({_load_reason(e)}), so loading stopped there and nothing in it ran: gan_engine loads only tensors "
+            f"and plain values (torch.load with weights_only=True). Use a checkpoint written by gan_engine "
+            f"(a run's checkpoints/*.ckpt, or its *.generator*.pt / .safetensors weight files)")
+    size = path.stat().st_size
+    return CheckpointError(
+        f"Expected '{path}' to be a checkpoint readable with torch.load(weights_only=True) but it is truncated or "
+        f"corrupt ({size} bytes; {type(e).__name__}: {_load_reason(e)}): a copy, download or write that did not finish, or "
+        f"another kind of file. Use another checkpoint of the run (its checkpoints/ folder keeps the last and the best)")
+
 def read_checkpoint(path:str|Path, # a .ckpt or .pt file
                     map_location=None, # as in torch.load (None = where the tensors were saved)
                     weights_only:bool=True, # False only for files you wrote yourself
                    )->Any:
-    "`torch.load(path, weights_only=True)` with errors that name the file."
+    "`torch.load(path, weights_only=True)` with errors that name the file and say what is wrong with it."
     path = Path(path).expanduser()
     if not path.exists(): raise FileNotFoundError(f"Expected a checkpoint file but '{path}' was not found")
     if not path.is_file(): raise CheckpointError(f"Expected a checkpoint file but '{path}' is a folder")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Expected '{path}' to be a checkpoint but it is empty (0 bytes): a copy or write that "
+                              f"did not finish. Use another checkpoint of the run (its checkpoints/ folder keeps the "
+                              f"last and the best)")
     try: return torch.load(path, map_location=map_location if map_location is not None else "cpu",
                            weights_only=weights_only)
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else ""
-        raise CheckpointError(f"Expected '{path}' to be a checkpoint readable with torch.load(weights_only=True) but "
-                              f"loading failed: {type(e).__name__}: {msg}") from None
+    except Exception as e: raise _unreadable(path, e) from None
 
 def state_part(checkpoint:Mapping, # a checkpoint dict
                prefix:str, # a submodule's attribute name, e.g. "generator"
@@ -135,6 +190,29 @@ def checkpoint_config(checkpoint:Mapping)->dict|None:
     "The config snapshot stored in a gan_engine checkpoint (a plain dict), None if absent."
     hp = checkpoint.get("hyper_parameters")
     return hp.get("config") if isinstance(hp, Mapping) else None
+
+# %% ../nbs/06a_checkpoint.ipynb #1694918e
+def check_state_fits(module:torch.nn.Module, # what the checkpoint is loaded into (e.g. the GANModule)
+                     checkpoint:Mapping, # a loaded checkpoint dict (with 'state_dict')
+                     path:str|Path|None=None, # the checkpoint file, named in the error
+                     hint:str="", # what built `module`, e.g. " (Generator.n_channels=32, ...)"
+                    ):
+    "Raise a `CheckpointError` naming the file and the mismatched entries when `checkpoint['state_dict']` does not fit `module`."
+    sd = checkpoint.get("state_dict") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"Expected '{path}' to be a Lightning checkpoint with a 'state_dict' entry but it has none")
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k}: {tuple(sd[k].shape)} in the file, {tuple(v.shape)} expected" for k, v in own.items()
+              if k in sd and isinstance(sd[k], torch.Tensor) and sd[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        parts = [f"{name} ({len(v)}): {v[:4]}" for name, v in
+                 (("missing", missing), ("unexpected", unexpected), ("shape mismatches", shapes)) if v]
+        raise CheckpointError(f"Expected the weights in '{path}' to fit the networks built from the config{hint} but "
+                              f"got " + "; ".join(parts) + ": the checkpoint is of other networks. Use the config it was "
+                              f"trained with (stored in the checkpoint), or Model.load_checkpoint to start new networks "
+                              f"from the parts that fit")
 
 # %% ../nbs/06a_checkpoint.ipynb #9d437c64
 def _safetensors():
@@ -164,11 +242,15 @@ def load_state_file(path:str|Path, # a .pt or .safetensors file holding a state_
     path = Path(path).expanduser()
     if path.suffix == ".safetensors":
         if not path.is_file(): raise FileNotFoundError(f"Expected a weights file but '{path}' was not found")
+        size = path.stat().st_size
+        if size == 0: raise CheckpointError(f"Expected '{path}' to be a safetensors file but it is empty (0 bytes): "
+                                            f"a copy or write that did not finish")
         st = _safetensors()
         try: return st.load_file(str(path), device=str(map_location))
         except Exception as e:
-            raise CheckpointError(f"Expected '{path}' to be a safetensors file but reading failed: "
-                                  f"{type(e).__name__}: {str(e)[:300]}") from None
+            raise CheckpointError(f"Expected '{path}' to be a safetensors file but it is truncated or corrupt ({size} "
+                                  f"bytes; {type(e).__name__}: {str(e)[:200]}): a copy, download or write that did "
+                                  f"not finish, or another kind of file") from None
     state = read_checkpoint(path, map_location)
     if not (isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
         what = f"keys {sorted(map(str, state))[:8]}" if isinstance(state, Mapping) else f"a {type(state).__name__}"

@@ -210,6 +210,7 @@ def _train(args)->Path:
 
 def _validate(args)->Path:
     import lightning as L
+    from gan_engine.checkpoint import GANCheckpointIO
     from gan_engine.data import GANDataModule, check_paths
     from gan_engine.module import GANModule
     if not Path(args.ckpt).is_file(): raise FileNotFoundError(f"checkpoint {args.ckpt!r} does not exist")
@@ -218,6 +219,7 @@ def _validate(args)->Path:
     dm = GANDataModule(cfg)
     module = GANModule(cfg, value_range=dm.value_range)
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        plugins=[GANCheckpointIO()],   # its reader: a bad file is refused with a message naming it
                         **{k: v for k, v in cfg.Trainer.items() if k in ("accelerator", "devices")})
     for row in trainer.validate(module, datamodule=dm, ckpt_path=args.ckpt, weights_only=True, verbose=False):
         for k, v in sorted(row.items()): print(f"{k}: {v:.4f}")

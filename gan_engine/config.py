@@ -6,7 +6,7 @@ Docs: https://gan-engine.github.io/gan_engine/config.html.md"""
 
 # %% ../nbs/00_config.ipynb #ae5559c7
 from __future__ import annotations
-import copy, inspect, re, warnings
+import copy, inspect, math, re, warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -20,8 +20,9 @@ from .opensr import translate_opensr
 
 # %% auto #0
 __all__ = ['SCALES', 'SR_SCALES', 'MASK_CHANNEL_RULES', 'HOLE_FILLS', 'PROMPT_INPUTS', 'DATA_SOURCES', 'EMA_DECAY_RANGE',
-           'SCHEMA', 'SPEC_KEYS', 'Key', 'describe_config', 'Section', 'Config', 'ConfigLoader', 'yaml_load',
-           'parse_override', 'trainer_keywords', 'is_class_spec', 'load_config', 'save_config']
+           'SCHEMA', 'MAX_YAML_DEPTH', 'MAX_YAML_VALUES', 'INT_LIMIT', 'SPEC_KEYS', 'Key', 'describe_config', 'Section',
+           'Config', 'YAMLRefused', 'ConfigLoader', 'ConfigDumper', 'yaml_load', 'parse_override', 'trainer_keywords',
+           'is_class_spec', 'load_config', 'save_config']
 
 # %% ../nbs/00_config.ipynb #be2da59b
 @dataclass
@@ -371,21 +372,124 @@ class Config(Section):
         return load_config(self.to_dict(), overrides)
 
 # %% ../nbs/00_config.ipynb #55c03659
-class ConfigLoader(yaml.SafeLoader):
-    "`yaml.SafeLoader` that also reads `1e-4`-style numbers as floats."
+MAX_YAML_DEPTH = 64          # nesting levels a YAML document may have (the schema needs 4)
+MAX_YAML_VALUES = 100_000    # values a document may expand to through aliases (a full config has about 300)
+INT_LIMIT = 2**63 - 1        # the largest integer a config value may hold (int64, what torch and numpy store)
+_STD_TAG = "tag:yaml.org,2002:"
+_PLAIN_TAGS = {_STD_TAG + t for t in ("null", "bool", "int", "float", "str", "seq", "map", "timestamp")}
 
-ConfigLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+class YAMLRefused(yaml.YAMLError):
+    "YAML that gan_engine refuses to read; `key` is the dotted key where it was found."
+    def __init__(self, key:str|None, text:str, mark=None):
+        self.key, self.text, self.mark = key, text, mark
+        super().__init__(str(self))
+    def __str__(self):
+        where = f" (line {self.mark.line + 1}, column {self.mark.column + 1})" if self.mark is not None else ""
+        return f"{self.key or '(top level)'}: {self.text}{where}"
+
+def _join(path:str|None, key)->str: return str(key) if path is None else f"{path}.{key}"   # None: the top level
+
+class ConfigLoader(yaml.SafeLoader):
+    "`yaml.SafeLoader` that reads `1e-4` as a float and refuses tags, duplicate keys, alias bombs and deep nesting."
+    def __init__(self, stream, root:str=""):   # root: the dotted key the document sits at ("" for a file)
+        super().__init__(stream)
+        self.root, self._depth, self._paths, self._sizes = root or None, 0, {}, {}
+
+    def compose_node(self, parent, index):
+        self._depth += 1   # the composer recurses per level: bound it before Python's stack is
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                raise YAMLRefused(self.root, f"nested deeper than {MAX_YAML_DEPTH} levels; a config needs at most a few",
+                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally: self._depth -= 1
+
+    def construct_document(self, node):
+        self._expanded_size(node, self.root)   # before building anything: aliases share nodes, so count each use
+        return super().construct_document(node)
+
+    def _expanded_size(self, node, path:str)->int:
+        "Values `node` stands for with every alias written out; records each node's dotted key, refuses cycles."
+        if id(node) in self._sizes:
+            if self._sizes[id(node)] is None:
+                raise YAMLRefused(path, "an alias refers to a collection that holds it (a recursive structure); "
+                                  "write the values out", node.start_mark)
+            return self._sizes[id(node)]
+        self._paths[id(node)], self._sizes[id(node)] = path, None
+        if isinstance(node, yaml.MappingNode):
+            kids = []
+            for k, v in node.value:
+                p = _join(path, k.value if isinstance(k, yaml.ScalarNode) else "?")
+                kids += [(k, p), (v, p)]
+        elif isinstance(node, yaml.SequenceNode): kids = [(v, f"{path or ''}[{i}]") for i, v in enumerate(node.value)]
+        else: kids = []
+        size = 1 + sum(self._expanded_size(child, p) for child, p in kids)
+        if size > MAX_YAML_VALUES:
+            raise YAMLRefused(path, f"aliases expand this to more than {MAX_YAML_VALUES:,} values (an alias bomb?); "
+                              "write the values out or use fewer aliases", node.start_mark)
+        self._sizes[id(node)] = size
+        return size
+
+    def path_of(self, node)->str|None: return self._paths.get(id(node), self.root)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):   # yaml keeps the last of repeated keys silently: refuse them
+            first = {}
+            for key_node, _ in node.value:
+                if key_node.tag == _STD_TAG + "merge": continue   # `<<: *base` may be overridden by later keys
+                key = self.construct_object(key_node, deep=True)
+                try: seen = first.get(key)
+                except TypeError: continue   # unhashable: the SafeLoader refuses it below
+                if seen is not None:
+                    raise YAMLRefused(_join(self.path_of(node), key), f"duplicate key (first at line {seen.line + 1}); "
+                                      "a key may appear only once in a mapping", key_node.start_mark)
+                first[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+def _refuse_tag(loader, node):
+    tag = node.tag.replace(_STD_TAG, "!!")
+    raise YAMLRefused(loader.path_of(node), f"YAML tag {tag!r} is not allowed: gan_engine reads plain YAML only "
+                      "(mappings, lists, strings, numbers, true/false, null)", node.start_mark)
+
+def _guarded(construct, tag:str):
+    "A scalar constructor that refuses, naming the key, values its tag cannot hold (`!!int abc`, `2001-02-30`)."
+    def guarded(loader, node):
+        try: return construct(loader, node)
+        except yaml.YAMLError: raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as e:
+            digits = str(node.value).lstrip("+-").replace("_", "")
+            if tag.endswith(":int") and digits.isdigit() and len(digits) > 1000:
+                text = f"an integer of {len(digits)} digits is too large; allowed: integers within ±{INT_LIMIT}"
+            else:
+                shown = node.value if len(str(node.value)) <= 60 else str(node.value)[:60] + "..."
+                text = f"{shown!r} cannot be read as {tag.replace(_STD_TAG, '!!')} ({e}); quote it for a string, or write a valid value"
+            raise YAMLRefused(loader.path_of(node), text, node.start_mark) from None
+    return guarded
+
+for _tag, _construct in list(yaml.SafeLoader.yaml_constructors.items()):
+    if _tag not in _PLAIN_TAGS: ConfigLoader.add_constructor(_tag, _refuse_tag)   # !!binary, !!set, !!omap, unknown tags
+    elif not inspect.isgeneratorfunction(_construct): ConfigLoader.add_constructor(_tag, _guarded(_construct, _tag))
+for _tag in ("value", "merge"):   # a lone `=` or `<<` outside a mapping key is just text
+    ConfigLoader.add_constructor(_STD_TAG + _tag, yaml.SafeLoader.yaml_constructors[_STD_TAG + "str"])
+
+_FLOAT = re.compile(r'''^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                     |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                     |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
                     |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$''', re.X),
-    list("-+0123456789."))
+                    |\.(?:nan|NaN|NAN))$''', re.X)
+ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
-def yaml_load(text:str):
-    "Parse YAML text safely (no Python objects), reading `1e-4` as a float."
-    return yaml.load(text, Loader=ConfigLoader)
+class ConfigDumper(yaml.SafeDumper):
+    "`yaml.SafeDumper` that quotes strings `ConfigLoader` would read as floats (`'1e-4'`), so snapshots read back equal."
+ConfigDumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+def yaml_load(text:str, # YAML text
+              root:str="", # the dotted key the document sits at, for messages (an override's key)
+             ):
+    "Parse YAML text safely: plain values only (no tags), unique keys, bounded aliases and nesting; `1e-4` is a float."
+    loader = ConfigLoader(text, root)
+    try: return loader.get_single_data()
+    finally: loader.dispose()
 
 # %% ../nbs/00_config.ipynb #ec49d60b
 def parse_override(text:str)->tuple[str, Any]:
@@ -394,13 +498,36 @@ def parse_override(text:str)->tuple[str, Any]:
     key, _, raw = text.partition("=")
     key = key.strip()
     if not key or any(not p for p in key.split(".")): raise ConfigError(f"override {text!r}: {key!r} is not a dotted key like Training.max_steps")
-    try: value = yaml_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e: raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({e.problem})") from None
+    try: value = yaml_load(raw, root=key) if raw.strip() else None
+    except yaml.YAMLError as e:   # not every YAMLError has a `problem` (a ReaderError for a control character has not)
+        why = str(e) if isinstance(e, YAMLRefused) else getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"override {text!r}: value {raw!r} is not valid YAML ({why})") from None
     return key, value
 
 # %% ../nbs/00_config.ipynb #aab4fe55
 _TYPES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
           "list": "a list", "dict": "a mapping", "path": "a file or folder path (string)"}
+
+def _show(v, limit:int=200)->str:
+    "`repr(v)` for messages, cut to `limit` characters; huge integers by their size."
+    if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 256:
+        digits = len(str(abs(v))) if v.bit_length() < 14000 else "more than 4000"   # str() refuses over 4300 digits
+        return f"{'-' if v < 0 else ''}<an integer of {digits} digits>"
+    try: r = repr(v)
+    except (ValueError, RecursionError): return f"<a {type(v).__name__} too large to print>"   # e.g. nested 5000-digit ints
+    return r if len(r) <= limit else r[:limit] + "..."
+
+def _finite(x)->bool:
+    "True for an int or float (not a bool) that a float holds as a finite number."
+    if isinstance(x, bool) or not isinstance(x, (int, float)): return False
+    try: return math.isfinite(x)
+    except OverflowError: return False   # an int beyond the float range
+
+def _allowed(spec:Key)->str:
+    "What a numeric key accepts, e.g. 'a number (0.0 <= value < 1.0)'."
+    lo = f"{spec.lo} <= " if spec.lo is not None else ""
+    hi = f" {'<' if spec.hi_open else '<='} {spec.hi}" if spec.hi is not None else ""
+    return _TYPES[spec.type] + (f" ({lo}value{hi})" if lo or hi else "")
 
 def _check_value(path:str, spec:Key, v, problems:list):
     if v is None:
@@ -414,8 +541,15 @@ def _check_value(path:str, spec:Key, v, problems:list):
           "path": lambda: isinstance(v, (str, Path)), "list": lambda: isinstance(v, (list, tuple)),
           "dict": lambda: isinstance(v, Mapping), "any": lambda: True}[t]()
     if not ok:
-        problems.append(f"{path}: {v!r} ({type(v).__name__}) is not {_TYPES[t]}"); return v
-    if t == "float": v = float(v)
+        problems.append(f"{path}: {_show(v)} ({type(v).__name__}) is not {_TYPES[t]}"); return v
+    if isinstance(v, int) and not isinstance(v, bool) and t != "float" and abs(v) > INT_LIMIT:
+        allowed = (f"{_allowed(spec)} within ±{INT_LIMIT}" if t == "int" else f"one of {list(spec.choices)}" if spec.choices
+                   else f"a {spec.registry} name" if spec.registry else f"values within ±{INT_LIMIT}")
+        problems.append(f"{path}: {_show(v)} is too large; allowed: {allowed}"); return v
+    if t == "float":
+        if not _finite(v):   # NaN and inf pass every range check, so refuse them by name
+            problems.append(f"{path}: {_show(v)} is not a finite number; allowed: {_allowed(spec)}"); return v
+        v = float(v)
     if t == "path": v = str(v)
     if t == "list": v = list(v)
     if t == "dict": v = dict(v)
@@ -425,9 +559,12 @@ def _check_value(path:str, spec:Key, v, problems:list):
     elif spec.hi is not None and v > spec.hi: problems.append(f"{path}: {v!r} is above the maximum {spec.hi}")
     if spec.choices is not None:
         by_low = {str(c).lower(): c for c in spec.choices}
-        if str(v).lower() not in by_low:
-            problems.append(f"{path}: {v!r} is not one of {list(spec.choices)}{did_you_mean(v, by_low.values())}")
-        else: v = by_low[str(v).lower()]
+        try: low = str(v).lower()
+        except ValueError: low = None   # a value holding an integer too long to print
+        if low not in by_low:
+            word = v if isinstance(v, str) else _show(v)
+            problems.append(f"{path}: {_show(v)} is not one of {list(spec.choices)}{did_you_mean(word, by_low.values())}")
+        else: v = by_low[low]
     if spec.registry is not None: v = _check_registered(path, spec.registry, v, problems)
     return v
 
@@ -435,11 +572,11 @@ def _check_registered(path, kind, v, problems):
     registry = registry_for(kind)
     name = v.get("name") if isinstance(v, Mapping) else v
     if not isinstance(name, str):
-        problems.append(f"{path}: {v!r} is not a {registry.kind} name or a mapping with a 'name'"); return v
+        problems.append(f"{path}: {_show(v)} is not a {registry.kind} name or a mapping with a 'name'"); return v
     if is_import_path(name): return v
     names = registry.names()
     if name.lower() not in names and name.lower() != "custom":
-        problems.append(f"{path}: unknown {registry.kind} {name!r}{did_you_mean(name, names)}; "
+        problems.append(f"{path}: unknown {registry.kind} {_show(name)}{did_you_mean(name, names)}; "
                         f"expected one of {names} or an import path 'package.module:Name'")
         return v
     return {**v, "name": name.lower()} if isinstance(v, Mapping) else name.lower()
@@ -448,7 +585,7 @@ def _check_registered(path, kind, v, problems):
 def _validate(raw:Mapping, schema:dict, prefix:str, problems:list)->dict:
     out = {}
     if not isinstance(raw, Mapping):
-        problems.append(f"{prefix.rstrip('.') or 'config'}: {raw!r} is not a mapping of keys"); raw = {}
+        problems.append(f"{prefix.rstrip('.') or 'config'}: {_show(raw)} is not a mapping of keys"); raw = {}
     for k in raw:
         if k not in schema:
             problems.append(f"{prefix}{k}: unknown key{did_you_mean(k, schema)}; "
@@ -468,6 +605,8 @@ def _extra_channels(m:dict)->tuple[int, str]:
     if m["task"] == "inpaint" or m["task"] == "prompt" and m["prompt_input"] == "masked": return 1, "the mask"
     if m["task"] == "prompt" and m["prompt_input"] == "noise": return 2, "the pixel coordinates y and x"
     return 0, "none"
+
+def _band_index(i, bands:int)->bool: return isinstance(i, int) and not isinstance(i, bool) and 0 <= i < bands
 
 def _cross_checks(c:dict, problems:list):
     d, m, g, t, losses = c["Data"], c["Model"], c["Generator"], c["Training"], c["Training"]["Losses"]
@@ -495,11 +634,11 @@ def _cross_checks(c:dict, problems:list):
     if g["model_type"] in ("esrgan", "opensr_esrgan"): g["block_type"] = "rrdb"
     o = c["Optimizers"]
     if o["optim_d_lr"] is None: o["optim_d_lr"] = 0.5 * o["optim_g_lr"]
-    if not (isinstance(o["betas"], list) and len(o["betas"]) == 2 and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in o["betas"])):
-        problems.append(f"Optimizers.betas: {o['betas']!r} is not two numbers in [0, 1)")
-    if d["value_range"] is not None and not (len(d["value_range"]) == 2 and all(isinstance(x, (int, float)) for x in d["value_range"])
+    if not (isinstance(o["betas"], list) and len(o["betas"]) == 2 and all(_finite(b) and 0 <= b < 1 for b in o["betas"])):
+        problems.append(f"Optimizers.betas: {_show(o['betas'])} is not two numbers in [0, 1)")
+    if d["value_range"] is not None and not (len(d["value_range"]) == 2 and all(_finite(x) for x in d["value_range"])
                                              and d["value_range"][0] < d["value_range"][1]):
-        problems.append(f"Data.value_range: {d['value_range']!r} is not [low, high] with low < high")
+        problems.append(f"Data.value_range: {_show(d['value_range'])} is not [low, high] of finite numbers with low < high")
     if d["val_dir"] is None and d["train_dir"] is not None and d["val_fraction"] <= 0:
         problems.append("Data.val_fraction: must be > 0 when Data.val_dir is null (no validation images otherwise)")
     if d["prefetch_factor"] is not None and d["num_workers"] == 0:   # harmless: dropped with a note (OpenSR files carry both)
@@ -522,17 +661,17 @@ def _cross_checks(c:dict, problems:list):
     if losses["ssim_win"] % 2 == 0: problems.append(f"Training.Losses.ssim_win: {losses['ssim_win']} must be odd")
     for key in ("perceptual_bands",):
         b = losses[key]
-        if b is not None and (len(b) != 3 or not all(isinstance(i, int) and 0 <= i < m["out_bands"] for i in b)):
-            problems.append(f"Training.Losses.{key}: {b!r} must be 3 band indices in [0, {m['out_bands'] - 1}]")
+        if b is not None and (len(b) != 3 or not all(_band_index(i, m["out_bands"]) for i in b)):
+            problems.append(f"Training.Losses.{key}: {_show(b)} must be 3 band indices in [0, {m['out_bands'] - 1}]")
     b = c["Logging"]["display_bands"]
-    if b is not None and (len(b) not in (1, 3) or not all(isinstance(i, int) and 0 <= i < m["out_bands"] for i in b)):
-        problems.append(f"Logging.display_bands: {b!r} must be 1 or 3 band indices in [0, {m['out_bands'] - 1}]")
+    if b is not None and (len(b) not in (1, 3) or not all(_band_index(i, m["out_bands"]) for i in b)):
+        problems.append(f"Logging.display_bands: {_show(b)} must be 1 or 3 band indices in [0, {m['out_bands'] - 1}]")
     for name, w in losses["perceptual_layers"].items():
-        if not isinstance(w, (int, float)) or w < 0:
-            problems.append(f"Training.Losses.perceptual_layers.{name}: weight {w!r} must be a number >= 0")
+        if not _finite(w) or w < 0:   # NaN would pass `w < 0`
+            problems.append(f"Training.Losses.perceptual_layers.{name}: weight {_show(w)} must be a finite number >= 0")
     ev = c["Callbacks"]["extra_validation"]
     if not all(isinstance(x, str) for x in ev):
-        problems.append(f"Callbacks.extra_validation: {ev!r} must be a list of names or import paths")
+        problems.append(f"Callbacks.extra_validation: {_show(ev)} must be a list of names or import paths")
     _check_trainer(c, problems)
 
 # %% ../nbs/00_config.ipynb #61c8c0e7
@@ -554,9 +693,9 @@ def _cross_check_inpaint(c:dict, problems:list):
     mk = d["masks"]
     for key, integer in (("hole_area", False), ("count", True)):
         v = mk[key]
-        kind_ok = all((isinstance(x, int) if integer else isinstance(x, (int, float))) and not isinstance(x, bool) for x in v)
+        kind_ok = all(isinstance(x, int) and not isinstance(x, bool) and abs(x) <= INT_LIMIT if integer else _finite(x) for x in v)
         if len(v) != 2 or not kind_ok:
-            problems.append(f"Data.masks.{key}: {v!r} is not [low, high] ({'integers' if integer else 'numbers'})")
+            problems.append(f"Data.masks.{key}: {_show(v)} is not [low, high] ({'integers' if integer else 'finite numbers'})")
         elif key == "hole_area" and not 0 < v[0] <= v[1] < 1:
             problems.append(f"Data.masks.hole_area: {v!r} must be [low, high] with 0 < low <= high < 1")
         elif key == "count" and not 1 <= v[0] <= v[1]:
@@ -566,10 +705,10 @@ def _cross_check_inpaint(c:dict, problems:list):
         if not is_import_path(str(k)) and str(k).lower() not in names:
             problems.append(f"Data.masks.kinds.{k}: unknown mask kind{did_you_mean(str(k), names)}; expected one of "
                             f"{names} or an import path 'package.module:function'")
-        elif isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0:
-            problems.append(f"Data.masks.kinds.{k}: weight {w!r} must be a number >= 0")
-    if kinds and all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in kinds.values()) and sum(kinds.values()) <= 0:
-        problems.append(f"Data.masks.kinds: {kinds!r} needs at least one kind with a weight > 0")
+        elif not _finite(w) or w < 0:
+            problems.append(f"Data.masks.kinds.{k}: weight {_show(w)} must be a finite number >= 0")
+    if kinds and all(_finite(w) for w in kinds.values()) and sum(kinds.values()) <= 0:
+        problems.append(f"Data.masks.kinds: {_show(kinds)} needs at least one kind with a weight > 0")
     if not kinds: problems.append("Data.masks.kinds: empty; name at least one kind, e.g. {box: 1}")
 
 # %% ../nbs/00_config.ipynb #52884106
@@ -596,8 +735,9 @@ def _cross_check_prompt(c:dict, problems:list):
     if d["value_range"] is None: d["value_range"] = [0.0, 1.0]
     if d["lr_patch_size"] < 16: problems.append(f"Data.lr_patch_size: {d['lr_patch_size']} is the side of the shapes images; use at least 16")
     for pair in d["shapes"]["held_out"]:
-        if not (isinstance(pair, list) and len(pair) == 2 and pair[0] in COLOURS and pair[1] in SHAPES):
-            problems.append(f"Data.shapes.held_out: {pair!r} is not a [colour, shape] pair; colours {list(COLOURS)}, "
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str) for p in pair)   # a list is no dict key
+                and pair[0] in COLOURS and pair[1] in SHAPES):
+            problems.append(f"Data.shapes.held_out: {_show(pair)} is not a [colour, shape] pair; colours {list(COLOURS)}, "
                             f"shapes {list(SHAPES)}")
 
 # %% ../nbs/00_config.ipynb #fc2e64f4
@@ -653,14 +793,14 @@ def is_class_spec(v)->bool:
 def _check_spec(key:str, v, problems:list, allow_str:bool=False):
     if allow_str and isinstance(v, str): return
     if not is_class_spec(v):
-        problems.append(f"{key}: {v!r} is not {{class_path: package.module.Class, init_args: {{...}}}}"
+        problems.append(f"{key}: {_show(v)} is not {{class_path: package.module.Class, init_args: {{...}}}}"
                         + (" or a name" if allow_str else "")); return
-    extra = sorted(set(v) - {"class_path", "init_args"})
+    extra = sorted(map(str, set(v) - {"class_path", "init_args"}))   # keys of any type
     if extra: problems.append(f"{key}: unknown keys {extra}; expected class_path and init_args")
     if not isinstance(v["class_path"], str) or not v["class_path"].strip():
-        problems.append(f"{key}.class_path: {v['class_path']!r} is not an import path like 'package.module.Class'")
+        problems.append(f"{key}.class_path: {_show(v['class_path'])} is not an import path like 'package.module.Class'")
     if not isinstance(v.get("init_args", {}), Mapping):
-        problems.append(f"{key}.init_args: {v['init_args']!r} is not a mapping of keyword arguments")
+        problems.append(f"{key}.init_args: {_show(v['init_args'])} is not a mapping of keyword arguments")
 
 def _check_trainer(c:dict, problems:list):
     tr = c["Trainer"]
@@ -682,12 +822,44 @@ def _read_source(source)->dict:
     if isinstance(source, Section): return source.to_dict()
     if isinstance(source, Mapping): return copy.deepcopy(dict(source))
     p = Path(source)
-    if not p.is_file(): raise ConfigError(f"config file {str(p)!r} does not exist")
-    try: data = yaml_load(p.read_text())
-    except yaml.YAMLError as e: raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+    where = f"config file {str(p)!r}"
+    if not p.is_file(): raise ConfigError(f"{where} does not exist")
+    try: text = p.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e: raise ConfigError(f"{where} is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+    except OSError as e: raise ConfigError(f"{where} cannot be read ({e.strerror or e})") from None
+    try: data = yaml_load(text)
+    except yaml.YAMLError as e: raise ConfigError(f"{where} is not valid YAML: {e}") from None
     if data is None: return {}
-    if not isinstance(data, Mapping): raise ConfigError(f"config file {str(p)!r} must hold a mapping of sections, got {type(data).__name__}")
+    if not isinstance(data, Mapping): raise ConfigError(f"{where} must hold a mapping of sections, got {type(data).__name__}")
     return dict(data)
+
+def _odd_numbers(v, path:str|None=None, seen:set|None=None):
+    "(dotted key, value) of each NaN, inf or integer beyond `INT_LIMIT` anywhere in `v`."
+    seen = set() if seen is None else seen
+    if isinstance(v, float) and not math.isfinite(v): yield path, v
+    elif isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT_LIMIT: yield path, v
+    elif isinstance(v, (list, tuple, Mapping)) and id(v) not in seen:
+        seen.add(id(v))
+        for k, x in (v.items() if isinstance(v, Mapping) else enumerate(v)):
+            yield from _odd_numbers(x, _join(path, k if isinstance(k, str) else _show(k)) if isinstance(v, Mapping)
+                                    else f"{path or ''}[{k}]", seen)
+
+def _refuse_odd_numbers(raw:dict):
+    "NaN, inf and integers beyond int64 mean nothing in a config; refused before any code formats or converts them."
+    bad = []
+    for key, x in _odd_numbers(raw):
+        spec = _spec_at(key)
+        if isinstance(spec, Key) and spec.type in ("int", "float"): _check_value(key, spec, x, bad)  # says what the key takes
+        else: bad.append(f"{key}: {_show(x)} is not allowed; numbers in a config must be finite and within ±{INT_LIMIT}")
+    if bad: raise ConfigError(bad)
+
+def _sections_are_mappings(raw:dict)->dict:
+    "An empty section (`Training:`) is `{}`; a section that is not a mapping is refused before anything reads it."
+    raw = {k: {} if v is None and isinstance(SCHEMA.get(k), dict) else v for k, v in raw.items()}
+    bad = [f"{k}: {_show(v)} is not a mapping of keys; write it as {k}: {{key: value, ...}}" for k, v in raw.items()
+           if isinstance(SCHEMA.get(k), dict) and not isinstance(v, Mapping)]
+    if bad: raise ConfigError(bad)
+    return raw
 
 def _switches_on(raw:dict)->dict:
     "`Callbacks.early_stopping` written as the seed writes it (monitor/mode/patience, or `true`) switches it on."
@@ -704,9 +876,11 @@ def load_config(source:str|Path|Mapping|None=None, # YAML path, dict, or None fo
                )->Config:
     "Read, translate, fill defaults and validate a config; raise one `ConfigError` listing every problem."
     raw = _read_source(source) if source is not None else {}
+    _refuse_odd_numbers(raw)   # first: messages below print values, and str() refuses integers over 4300 digits
     if isinstance(overrides, str): overrides = [overrides]
     for o in overrides: set_key(raw, *parse_override(o))
-    raw = translate_opensr(raw)
+    _refuse_odd_numbers(raw)
+    raw = translate_opensr(_sections_are_mappings(raw))
     problems = []
     raw = _switches_on(_translate_trainer(raw, problems))
     resolved = _validate(raw, SCHEMA, "", problems)
@@ -720,5 +894,5 @@ def save_config(config:Config, # a validated config
     "Write the resolved config (defaults included) as YAML; `load_config(path)` gives an equal config."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    path.write_text(yaml.dump(config.to_dict(), Dumper=ConfigDumper, sort_keys=False))
     return path

@@ -6,11 +6,13 @@ Docs: https://gan-engine.github.io/gan_engine/data.html.md"""
 
 # %% auto #0
 __all__ = ['SRDataset', 'gaussian_kernel1d', 'gaussian_blur', 'degrade', 'crop_position', 'augment', 'collate', 'ImageDataset',
-           'split_files', 'ResumableSampler', 'ResumableLoader', 'ShapesValidation', 'shapes_datasets',
-           'derive_value_range', 'GANDataModule', 'resolve_value_range', 'smallest_image', 'check_paths']
+           'split_files', 'ResumableSampler', 'ReportingLoader', 'ResumableLoader', 'ShapesValidation',
+           'shapes_datasets', 'derive_value_range', 'GANDataModule', 'resolve_value_range', 'image_sizes',
+           'smallest_image', 'check_paths']
 
 # %% ../nbs/01_data.ipynb #713c5a04
-import math, warnings
+import math, re, warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -18,13 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import lightning as L
-from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Dataset
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from torch.utils.data.distributed import DistributedSampler
 from fastcore.basics import patch_to
 
 from .registry import ConfigError
-from .images import (DataError, IMAGE_EXTENSIONS, dtype_value_range, files_by_stem, list_images,
+from .images import (DataError, DataWarning, IMAGE_EXTENSIONS, dtype_value_range, files_by_stem, list_images,
                                probe_image, read_image)
 from .steps import StepPlan
 from .masks import MaskGenerator, MaskSource
@@ -176,7 +178,10 @@ class ImageDataset(Dataset):
         captions: Sequence[Sequence[str]] | None = None,  # prompts of each file (prompt task): one drawn per sample
         key: str = "Data.train_dir",   # config key named in folder errors
         lr_key: str = "Data.train_lr_dir",  # config key of the LR folder named in errors
+        on_bad_file: str = "error",    # a bad file: "error" (a DataError naming it) or "skip" (left out with a DataWarning; Data.on_bad_file)
     ):
+        if on_bad_file not in ("error", "skip"):
+            raise ValueError(f"Expected `on_bad_file` to be 'error' or 'skip' but got {on_bad_file!r}")
         self.scale, self.patch, self.train = int(scale), lr_patch_size, train
         self.in_bands, self.band_names, self.allow_nonfinite = in_bands, band_names, allow_nonfinite
         aug = dict(hflip=True, vflip=True, rot90=True)
@@ -185,6 +190,7 @@ class ImageDataset(Dataset):
         self.blur_sigma, self.noise_std, self.antialias, self.clip = blur_sigma, noise_std, antialias, clip
         self.seed, self.repeat, self.transform, self.key = seed, max(1, int(repeat)), transform, key
         self.masks, self.with_lr, self.captions = masks, bool(with_lr), captions
+        self.on_bad_file, self.skipped_files, self._unusable = on_bad_file, {}, {}  # path -> why; index -> (path, why)
         if isinstance(hr_dir, (str, Path)): self.files = list_images(hr_dir, extensions, key)
         else:
             self.files = sorted(Path(f) for f in hr_dir)
@@ -211,40 +217,79 @@ class ImageDataset(Dataset):
 SRDataset = ImageDataset  # its name before inpainting joined
 
 # %% ../nbs/01_data.ipynb #029a8ead
+_LISTED = 8  # bad files named in one message
+
+@patch_to(ImageDataset)
+def _check_header(self, i: int) -> tuple[int, np.dtype]:
+    "Band count and dtype of file `i` from its header (and its LR partner's); a DataError saying what is wrong."
+    s, p, f = self.scale, self.patch, self.files[i]
+    (c, h, w), dt = probe_image(f)
+    dtype_value_range(dt)   # a dtype that is no image (complex, object) is this file's problem
+    if self.in_bands is not None and c != self.in_bands:
+        raise DataError(f"Expected `{f}` to have {self.in_bands} bands (Model.in_bands) but got {c}")
+    if self.band_names is not None and len(self.band_names) != c:
+        raise DataError(f"Expected `{f}` to have {len(self.band_names)} bands (one per Data.band_names entry) "
+                        f"but got {c}")
+    if p is not None and (h < p * s or w < p * s):
+        raise DataError(f"Expected `{f}` to be at least {p * s}x{p * s} px (HR crop = Data.lr_patch_size {p} x "
+                        f"Data.scale {s}) but got {h}x{w}")
+    if p is None and self.lr_files is None and (h % s or w % s):
+        raise DataError(f"Expected `{f}` height and width to be divisible by Data.scale {s} (whole images are "
+                        f"used since Data.lr_patch_size is None) but got {h}x{w}")
+    if self.lr_files is not None:
+        lf = self.lr_files[i]
+        (lc, lh, lw), _ = probe_image(lf)
+        if lc != c:
+            raise DataError(f"Expected LR file `{lf}` to have {c} bands like its HR file '{f.name}' but got {lc}")
+        if lh * s != h or lw * s != w:
+            raise DataError(f"Expected LR file `{lf}` to be {h / s:g}x{w / s:g} px (HR '{f.name}' {h}x{w} / "
+                            f"Data.scale {s}) but got {lh}x{lw}")
+    return c, dt
+
 @patch_to(ImageDataset)
 def _check_headers(self):
-    "Check band counts, sizes, LR/HR geometry and value ranges from the file headers."
-    s, p = self.scale, self.patch
-    first = None
-    for i, f in enumerate(self.files):
-        (c, h, w), dt = probe_image(f)
-        if self.in_bands is not None and c != self.in_bands:
-            raise DataError(f"Expected `{f}` to have {self.in_bands} bands (Model.in_bands) but got {c}")
-        if self.band_names is not None and len(self.band_names) != c:
-            raise DataError(f"Expected `{f}` to have {len(self.band_names)} bands (one per Data.band_names entry) "
-                            f"but got {c}")
-        if p is not None and (h < p * s or w < p * s):
-            raise DataError(f"Expected `{f}` to be at least {p * s}x{p * s} px (HR crop = Data.lr_patch_size {p} x "
-                            f"Data.scale {s}) but got {h}x{w}")
-        if p is None and self.lr_files is None and (h % s or w % s):
-            raise DataError(f"Expected `{f}` height and width to be divisible by Data.scale {s} (whole images are "
-                            f"used since Data.lr_patch_size is None) but got {h}x{w}")
-        if self.lr_files is not None:
-            lf = self.lr_files[i]
-            (lc, lh, lw), _ = probe_image(lf)
-            if lc != c:
-                raise DataError(f"Expected LR file `{lf}` to have {c} bands like its HR file '{f.name}' but got {lc}")
-            if lh * s != h or lw * s != w:
-                raise DataError(f"Expected LR file `{lf}` to be {h / s:g}x{w / s:g} px (HR '{f.name}' {h}x{w} / "
-                                f"Data.scale {s}) but got {lh}x{lw}")
-        if self.value_range is None:
+    "Check every file header (bands, size, LR/HR geometry), report or leave out the bad files, then check value ranges."
+    heads, bad = {}, {}
+    for i in range(len(self.files)):
+        try: heads[i] = self._check_header(i)
+        except DataError as e: bad[i] = str(e)
+    if self.in_bands is None and self.band_names is None and heads:   # any band count, but one for all
+        counts = Counter(c for c, _ in heads.values())
+        ref = counts.most_common(1)[0][0]   # the most common; on a tie, the first file's
+        for i in [i for i, (c, _) in heads.items() if c != ref]:
+            bad[i] = (f"Expected `{self.files[i]}` to have {ref} bands like {counts[ref]} other image(s) of "
+                      f"`{self.key}` but got {heads.pop(i)[0]}")
+    if bad: self._leave_out(bad)
+    heads = [heads[i] for i in sorted(heads)]   # in the order of the files kept
+    if self.value_range is None:   # not a bad file: either may be right, the fix is Data.value_range
+        first = (self.files[0], dtype_value_range(heads[0][1]), heads[0][1])
+        for f, (_, dt) in zip(self.files, heads):
             vr = dtype_value_range(dt)
-            if first is None: first = (f, vr, dt)
-            elif vr != first[1]:
+            if vr != first[1]:
                 raise DataError(f"Expected all images to share one value range but `{f}` is {dt} {vr} and "
                                 f"`{first[0]}` is {first[2]} {first[1]}; set Data.value_range")
-        self.bands = c
-    if self.value_range is None: self.value_range = first[1]
+        self.value_range = first[1]
+    self.bands = heads[-1][0]
+
+@patch_to(ImageDataset)
+def _leave_out(self, bad: Mapping[int, str]):
+    "Files found bad from their headers: one DataError naming them all, or (on_bad_file skip) left out with one DataWarning."
+    n, msgs = len(self.files), [bad[i] for i in sorted(bad)]
+    listed = "\n".join(f"  - {m}" for m in msgs[:_LISTED]) + (f"\n  - … and {len(msgs) - _LISTED} more" if len(msgs) > _LISTED else "")
+    if len(bad) == n and self.on_bad_file == "skip":
+        raise DataError(f"Expected `{self.key}` to hold at least one usable image but all {n} files are bad:\n{listed}")
+    if self.on_bad_file != "skip":
+        hint = "; set Data.on_bad_file: skip to leave bad files out" if len(bad) < n else ""
+        if len(msgs) == 1: raise DataError(msgs[0] + hint)
+        raise DataError(f"Expected every file of `{self.key}` to be a usable image but {len(msgs)} of {n} are not{hint}:\n{listed}")
+    self.skipped_files.update((str(self.files[i]), bad[i]) for i in sorted(bad))
+    # every process finds the same files from their headers: one warning, from the first
+    rank_zero_warn(f"Leaving out {len(msgs)} bad file(s) of `{self.key}` (Data.on_bad_file: skip; {n - len(msgs)} "
+                   f"remain):\n{listed}", category=DataWarning)
+    keep = [i for i in range(n) if i not in bad]
+    self.files = [self.files[i] for i in keep]
+    if self.lr_files is not None: self.lr_files = [self.lr_files[i] for i in keep]
+    if self.captions is not None: self.captions = [self.captions[i] for i in keep]
 
 # %% ../nbs/01_data.ipynb #14fafeca
 @patch_to(ImageDataset)
@@ -267,17 +312,58 @@ def read(self, i: int, lr: bool = False) -> tuple[torch.Tensor, dict]:
     return torch.from_numpy(arr), meta
 
 @patch_to(ImageDataset)
+def _skip(self, i: int, path, reason: str):
+    "Leave file `i` out for the rest of the run (on_bad_file skip): counted in `skipped_files`, one DataWarning in the main process."
+    self._unusable[int(i)] = (str(path), reason)
+    if str(path) in self.skipped_files: return
+    self.skipped_files[str(path)] = reason
+    if get_worker_info() is None:   # a loader worker's copy tells the main process through the sample's meta
+        warnings.warn(f"Leaving out a bad file of `{self.key}` for the rest of the run (Data.on_bad_file: skip; "
+                      f"{len(self.skipped_files)} left out in all; its samples use the next readable file): {reason}",
+                      DataWarning)
+
+@patch_to(ImageDataset)
+def read_usable(self, i: int) -> tuple[int, torch.Tensor, dict, torch.Tensor | None]:
+    "(index, HR, meta, paired LR or None) of file `i`; with on_bad_file skip, of the next file that reads if it does not."
+    n, passed = len(self.files), []
+    for j in [(i + k) % n for k in range(n)]:   # the same replacement in every process: the order stays deterministic
+        if j not in self._unusable:
+            where = self.files[j]
+            try:
+                hr, meta = self.read(j)
+                where = self.lr_files[j] if self.lr_files is not None else where
+                lr = self.read(j, lr=True)[0] if self.lr_files is not None else None
+                if passed: meta["skipped"] = passed   # the main process learns of a worker's bad files from these
+                return j, hr, meta, lr
+            except DataError as e:
+                if self.on_bad_file != "skip":
+                    raise DataError(f"{e}; set Data.on_bad_file: skip to leave such files out") from e
+                self._skip(j, where, str(e))
+        path, why = self._unusable[j]
+        passed.append(dict(index=j, source=path, reason=why))
+    raise DataError(f"Expected `{self.key}` to hold at least one readable image but all {n} were left out as bad "
+                    f"(Data.on_bad_file: skip): {', '.join(Path(p['source']).name for p in passed[:_LISTED])}")
+
+@patch_to(ImageDataset)
+def note_skipped(self, batch: Mapping) -> None:
+    "Record (and warn once about) the files a loader worker's copy of the dataset left out, from the batch's meta."
+    for m in batch.get("meta") or ():
+        for s in (m.get("skipped") or ()) if isinstance(m, Mapping) else ():
+            self._skip(s["index"], s["source"], s["reason"])
+
+@patch_to(ImageDataset)
 def iter_images(self, key: str = "hr") -> Iterable[torch.Tensor]:
-    "Yield whole images (C,H,W) for statistics: `hr`, or `lr` (paired files, else degraded HR)."
+    "Yield whole images (C,H,W) for statistics: `hr`, or `lr` (paired files, else degraded HR); bad files left out are passed over."
     for i in range(len(self.files)):
-        if key == "lr" and self.lr_files is not None: yield self.read(i, lr=True)[0]
-        else:
-            x = self.read(i)[0]
-            if key == "lr":
-                s = self.scale
-                h, w = (x.shape[-2] // s) * s, (x.shape[-1] // s) * s
-                x = degrade(x[:, :h, :w], s, self.blur_sigma, 0.0, self.antialias)
-            yield x
+        if i in self._unusable: continue
+        j, x, _, lr = self.read_usable(i)
+        if j != i: continue   # file i was just left out; file j has its own turn
+        if key == "lr" and lr is not None: x = lr
+        elif key == "lr":
+            s = self.scale
+            h, w = (x.shape[-2] // s) * s, (x.shape[-1] // s) * s
+            x = degrade(x[:, :h, :w], s, self.blur_sigma, 0.0, self.antialias)
+        yield x
 
 # %% ../nbs/01_data.ipynb #694a00aa
 @patch_to(ImageDataset)
@@ -287,9 +373,8 @@ def __getitem__(self, idx: int | tuple[int, int]) -> dict:
     i = idx % len(self.files)
     s, p = self.scale, self.patch
     g = self._generator(i, seed)
-    hr, meta = self.read(i)
+    i, hr, meta, lr = self.read_usable(i)   # with on_bad_file skip, a file that does not read is replaced
     image_hw = tuple(hr.shape[-2:])
-    lr = self.read(i, lr=True)[0] if self.lr_files is not None else None
     lh, lw = (lr.shape[-2:] if lr is not None else (hr.shape[-2] // s, hr.shape[-1] // s))
     ph, pw = (lh, lw) if p is None else (p, p)
     top, left = (0, 0) if p is None else crop_position((lh, lw), p, self.train, g)
@@ -380,8 +465,37 @@ class ResumableSampler(DistributedSampler):
 
     def __len__(self) -> int: return self.num_samples
 
+# %% ../nbs/01_data.ipynb #049792aa
+def _worker_data_error(e: DataError) -> DataError | None:
+    "The DataError a loader worker raised, out of torch's copy of it (whose message holds the worker's traceback); None if `e` is not one."
+    m = re.match(r"Caught DataError (in DataLoader worker process \d+)", str(e))
+    if m is None: return None
+    return DataError(f"{str(e).rsplit('DataError: ', 1)[-1].strip()} (raised {m.group(1)})")
+
+class ReportingLoader(DataLoader):
+    "A DataLoader whose workers' DataErrors arrive as DataErrors naming the file, and whose workers' left-out files reach its dataset."
+    def __iter__(self): return self._reporting(super().__iter__())
+
+    def _reporting(self, batches):
+        note = getattr(self.dataset, "note_skipped", None)
+        while True:
+            try: batch = next(batches)
+            except StopIteration: return
+            except Exception as e:
+                self._stop_workers(batches)
+                clean = _worker_data_error(e) if isinstance(e, DataError) else None
+                if clean is None: raise
+                raise clean from None
+            if note is not None and isinstance(batch, Mapping): note(batch)
+            yield batch
+
+    def _stop_workers(self, batches):
+        "Stop the workers of an iterator that failed now (left to garbage collection, it takes 5 s a worker) and forget it."
+        if hasattr(batches, "_shutdown_workers"): batches._shutdown_workers()
+        if getattr(self, "_iterator", None) is batches: self._iterator = None   # persistent workers: a fresh start next time
+
 # %% ../nbs/01_data.ipynb #dea30bbc
-class ResumableLoader(DataLoader):
+class ResumableLoader(ReportingLoader):
     "A DataLoader over a `ResumableSampler` whose position (epoch, batches served) goes into Lightning checkpoints."
     def __iter__(self):
         if not isinstance(self.sampler, ResumableSampler):
@@ -471,8 +585,8 @@ def derive_value_range(ds, # an ImageDataset whose value range came from its fil
     "(low, high) of integer data of 16 bits or more that fill a small part of their dtype's range, from a high percentile."
     lo, hi = ds.value_range
     if hi < 65535: return None    # 8-bit and float data keep their dtype's range
-    files = ds.files[::max(1, len(ds.files) // sample)][:sample]
-    top = max(float(np.percentile(read_image(f)[0], percentile)) for f in files)
+    idx = list(range(len(ds.files)))[::max(1, len(ds.files) // sample)][:sample]
+    top = max(float(np.percentile(ds.read_usable(i)[1].numpy(), percentile)) for i in idx)   # bad files: as the dataset says
     if top <= lo or top > lo + share * (hi - lo): return None
     mag = 10 ** math.floor(math.log10(top - lo))   # round the top up to two significant digits: 9876 -> 9900, 10000 -> 10000
     return (lo, lo + math.ceil(round((top - lo) / mag * 10, 6)) * mag / 10)
@@ -499,12 +613,14 @@ class GANDataModule(L.LightningDataModule):
             if any(f not in self._captions for f in files): self._read_captions(files, key)
             files = [f for f in files if f in self._captions]
             captions = [self._captions[f] for f in files]
-        return ImageDataset(files, scale=c.Generator.scaling_factor, lr_patch_size=d.lr_patch_size, lr_dir=lr_dir, train=train,
+        ds = ImageDataset(files, scale=c.Generator.scaling_factor, lr_patch_size=d.lr_patch_size, lr_dir=lr_dir, train=train,
             in_bands=c.Model.in_bands, extensions=d.extensions, value_range=d.value_range,
             band_names=d.band_names, allow_nonfinite=d.allow_nonfinite, augment=d.augment.to_dict(),
             blur_sigma=deg.blur_sigma, noise_std=deg.noise_std, antialias=deg.antialias,
             seed=c.Training.seed, repeat=d.repeat if train else 1, key=key, lr_key=lr_key,
-            masks=self._masks(files, key) if needs_masks else None, with_lr=with_lr, captions=captions)
+            with_lr=with_lr, captions=captions, on_bad_file=d.on_bad_file)
+        if needs_masks: ds.masks = self._masks(ds.files, key)   # for the files kept (Data.on_bad_file: skip)
+        return ds
 
     def _read_captions(self, files, key: str) -> list:
         "Read the prompts of `files` (from folder `key`) into `self._captions`; return the files that have some."
@@ -560,7 +676,7 @@ def _loader(self, ds, batch_size: int, train: bool) -> DataLoader:
     if nw > 0:
         kw["persistent_workers"] = True
         if self.cfg.Data.prefetch_factor is not None: kw["prefetch_factor"] = self.cfg.Data.prefetch_factor
-    if not train: return DataLoader(ds, batch_size=batch_size, shuffle=False, **kw)
+    if not train: return ReportingLoader(ds, batch_size=batch_size, shuffle=False, **kw)
     t = getattr(self, "trainer", None)
     world, rank = (t.world_size, t.global_rank) if t is not None else (1, 0)
     sampler = ResumableSampler(len(ds), seed, shuffle=True, num_replicas=world, rank=rank)
@@ -597,12 +713,26 @@ def band_names(self) -> list[str] | None:
     self.setup()
     ds = self.train_dataset
     if getattr(ds, "band_names", None) is not None: return list(ds.band_names)
-    return ds.read(0)[1]["band_names"] if hasattr(ds, "read") else ds[0]["meta"].get("band_names")
+    return ds.read_usable(0)[2]["band_names"] if hasattr(ds, "read_usable") else ds[0]["meta"].get("band_names")
 
 @patch_to(GANDataModule, as_prop=True)
 def in_bands(self) -> int:
     "Band count of the data."
     self.setup(); return self.train_dataset.bands
+
+@patch_to(GANDataModule, as_prop=True)
+def skipped_files(self) -> dict[str, str]:
+    "Files left out as bad so far (Data.on_bad_file: skip), training and validation: path -> what is wrong."
+    out = {}
+    for ds in (self.train_dataset, self.val_dataset): out.update(getattr(ds, "skipped_files", None) or {})
+    return out
+
+@patch_to(GANDataModule)
+def teardown(self, stage: str | None = None):
+    "At the end of a run (Lightning calls it): one line in the log counting the files left out as bad."
+    if skipped := self.skipped_files:
+        names = ", ".join(Path(p).name for p in list(skipped)[:_LISTED]) + (" …" if len(skipped) > _LISTED else "")
+        rank_zero_info(f"Data.on_bad_file: skip: {len(skipped)} bad file(s) left out of this run ({getattr(stage, 'value', stage)}): {names}")
 
 # %% ../nbs/01_data.ipynb #0c7553d4
 def resolve_value_range(cfg, # a Config (Data.value_range, Data.train_dir)
@@ -613,37 +743,64 @@ def resolve_value_range(cfg, # a Config (Data.value_range, Data.train_dir)
     if given is not None: return tuple(float(v) for v in given)
     if cfg.Data.value_range is not None: return tuple(float(v) for v in cfg.Data.value_range)
     if cfg.Data.source == "shapes": return (0.0, 1.0)
-    if read_files and cfg.Data.train_dir is not None: return tuple(float(v) for v in GANDataModule(cfg).value_range)
+    if read_files and cfg.Data.train_dir is not None:
+        with warnings.catch_warnings():   # a look-up: the run's own datamodule warns about the files it leaves out
+            warnings.simplefilter("ignore", DataWarning)
+            return tuple(float(v) for v in GANDataModule(cfg).value_range)
     return None
 
 # %% ../nbs/01_data.ipynb #2f9faf5c
+def _probe_folder(folder, # folder of images
+                  exts:Iterable[str], # extensions read
+                  check_end:bool=False, # also check each file is not cut short (see `probe_image`)
+                 )->tuple[list[tuple[str, tuple[int, int]]], list[str]]:
+    "Name and (H, W) of each image of `folder` whose header reads, and what is wrong with each that does not."
+    try: files = list_images(folder, exts)
+    except DataError: return [], []   # a missing or empty folder is reported by the caller
+    sizes, bad = [], []
+    for p in files:
+        try: sizes.append((p.name, probe_image(p, check_end=check_end)[0][1:]))
+        except DataError as e: bad.append(str(e))
+    return sizes, bad
+
+def image_sizes(folder, # folder of images
+                exts:Iterable[str], # extensions read
+               )->list[tuple[str, tuple[int, int]]]:
+    "Name and (H, W) of each image in `folder` whose header reads (bad files are reported by the dataset checks)."
+    return _probe_folder(folder, exts)[0]
+
 def smallest_image(folder, # folder of images
                    exts:Iterable[str], # extensions read
                   )->tuple[str, tuple[int, int]]|None:
     "Name and (H, W) of the image with the smallest side in `folder`, read from file headers."
-    exts, sizes = {e.lower() for e in exts}, []
-    for p in sorted(Path(folder).iterdir()):
-        if p.suffix.lower() not in exts: continue
-        try: sizes.append((p.name, probe_image(p)[0][1:]))
-        except DataError: pass  # an unreadable file is reported when the dataset is built, naming the file
+    sizes = image_sizes(folder, exts)
     return min(sizes, key=lambda s: min(s[1])) if sizes else None
 
 def check_paths(cfg)->None:
-    "Check the folders, image sizes and files a config names; one `ConfigError` listing every problem."
-    d, m, problems = cfg.Data, cfg.Model, []
+    "Check the folders, image sizes and files a config names: one `ConfigError` listing every problem, then one `DataError` naming every unreadable image file."
+    d, m, problems, unreadable = cfg.Data, cfg.Model, [], []
     for key in ("train_dir", "val_dir", "train_lr_dir", "val_lr_dir"):
         if d[key] is not None and not Path(d[key]).is_dir():
             problems.append(f"Data.{key}: folder {d[key]!r} does not exist")
     s = cfg.Generator.scaling_factor   # Data.scale for sr, 1 for same-size tasks
     crop = d.lr_patch_size * s
-    for key in ("train_dir", "val_dir"):
+    for key in ("train_dir", "val_dir", "train_lr_dir", "val_lr_dir"):
         if d[key] is not None and Path(d[key]).is_dir():
-            small = smallest_image(d[key], d.extensions)
-            if small and min(small[1]) < crop:
-                times = f" x scale {s} = {crop} px" if s > 1 else " px"
+            sizes, bad = _probe_folder(d[key], d.extensions, check_end=True)   # each header (and end) read once
+            unreadable += bad
+            if key.endswith("_lr_dir"): continue
+            small = min(sizes, key=lambda x: min(x[1])) if sizes else None
+            large = max(sizes, key=lambda x: min(x[1])) if sizes else None
+            times = f" x scale {s} = {crop} px" if s > 1 else " px"
+            if d.on_bad_file == "skip" and large and min(large[1]) < crop:   # skipping: only when no image fits
+                problems.append(f"Data.lr_patch_size: {d.lr_patch_size}{times} does not fit any {key} image "
+                                f"(the largest, {large[0]!r}, is {large[1][0]}x{large[1][1]}); use lr_patch_size <= "
+                                f"{min(large[1]) // s}")
+            elif d.on_bad_file != "skip" and small and min(small[1]) < crop:
                 problems.append(f"Data.lr_patch_size: {d.lr_patch_size}{times} does not fit {key} "
                                 f"image {small[0]!r} of size {small[1][0]}x{small[1][1]}; use lr_patch_size <= "
-                                f"{min(small[1]) // s}")
+                                f"{min(small[1]) // s}" + (" (or set Data.on_bad_file: skip to leave it out)"
+                                                           if min(large[1]) >= crop else ""))
     if (m.task == "inpaint" or m.task == "prompt" and m.prompt_input == "masked") and d.masks.source == "files":
         folders = [d.masks.dir] if d.masks.dir is not None else [str(Path(d[k]) / "masks") for k in ("train_dir", "val_dir") if d[k] is not None]
         for f in folders:
@@ -656,3 +813,9 @@ def check_paths(cfg)->None:
         try: find_vgg19_weights(cfg.Training.Losses.perceptual_weights)   # the config's file, else torchvision's cached one
         except FileNotFoundError as e: problems.append(f"Training.Losses.perceptual_weights: {e}")
     if problems: raise ConfigError(problems)
+    if unreadable and d.on_bad_file == "error":   # (band counts, sizes and value ranges are the datasets' checks)
+        hint = "; set Data.on_bad_file: skip to leave bad files out"
+        if len(unreadable) == 1: raise DataError(unreadable[0] + hint)
+        raise DataError(f"Expected every image file to be readable but {len(unreadable)} are not{hint}:\n"
+                        + "\n".join(f"  - {u}" for u in unreadable[:_LISTED])
+                        + (f"\n  - … and {len(unreadable) - _LISTED} more" if len(unreadable) > _LISTED else ""))

@@ -6,6 +6,7 @@ Docs: https://gan-engine.github.io/gan_engine/images.html.md"""
 
 # %% ../nbs/00c_images.ipynb #9cf17a2c
 from __future__ import annotations
+import errno, os, stat
 from pathlib import Path
 from typing import Sequence
 
@@ -13,11 +14,15 @@ import numpy as np
 from PIL import Image
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'DataError', 'dtype_value_range', 'probe_image', 'read_image', 'list_images', 'files_by_stem']
+__all__ = ['IMAGE_EXTENSIONS', 'DataError', 'DataWarning', 'dtype_value_range', 'probe_image', 'read_image', 'list_images',
+           'files_by_stem']
 
 # %% ../nbs/00c_images.ipynb #0c02c152
 class DataError(ValueError):
     "Bad input data; the message names the file or folder and the problem."
+
+class DataWarning(UserWarning):
+    "Input data left out (Data.on_bad_file: skip); the message names the file and the problem."
 
 # %% ../nbs/00c_images.ipynb #ab7bd609
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".npy", ".tif", ".tiff")
@@ -69,28 +74,83 @@ def _tifffile():
     return tifffile
 
 # %% ../nbs/00c_images.ipynb #7f3a9b85
+_TAIL = 4096   # bytes read from a file's end to find its format's end marker
+
+def _check_file(path: Path) -> int:
+    "Size of `path` in bytes; a DataError for a symbolic link loop, a broken link, a folder, a FIFO/device or an empty file."
+    try: st = path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise DataError(f"Expected `{path}` to be an image file but it is a symbolic link loop; remove it or "
+                            "point it at a file") from None
+        if path.is_symlink():
+            raise DataError(f"Expected `{path}` to be an image file but it is a broken symbolic link to "
+                            f"'{os.readlink(path)}'") from None
+        raise _unreadable(path, e) from None
+    if stat.S_ISDIR(st.st_mode): raise DataError(f"Expected `{path}` to be an image file but it is a folder")
+    if not stat.S_ISREG(st.st_mode):   # reading a FIFO or a device could block for ever
+        raise DataError(f"Expected `{path}` to be a regular image file but it is a special file (FIFO, socket or device)")
+    if st.st_size == 0: raise DataError(f"Expected `{path}` to be an image file but it is empty (0 bytes)")
+    return st.st_size
+
+def _unreadable(path: Path, e: Exception, what: str = "it") -> DataError:
+    "The DataError for a reader's exception `e` on `path`."
+    if isinstance(e, PermissionError):
+        return DataError(f"Expected `{path}` to be readable but got permission denied; check the file's permissions "
+                         "and owner")
+    return DataError(f"Expected `{path}` to be a readable image file but could not read {what}: {type(e).__name__}: {e}")
+
+def _missing_end(path: Path, fmt: str | None, size: int) -> str | None:
+    "What is missing from the last bytes of a PNG or JPEG file cut short (its end marker), or None."
+    marker = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}.get(fmt)
+    if marker is None: return None
+    with open(path, "rb") as fh:
+        fh.seek(max(0, size - _TAIL)); tail = fh.read()
+    return None if marker in tail else ("its IEND chunk" if fmt == "PNG" else "its end-of-image marker")
+
+def _tiff(path: Path, size: int, pixels: bool = False):
+    "(shape, dtype, pixels or None) of a TIFF's first series, after checking its pixel data lie inside the file."
+    with _tifffile().TiffFile(path) as t:
+        s = t.series[0]
+        end = max((int(o) + int(c) for pg in s.pages if pg is not None
+                   for o, c in zip(pg.dataoffsets, pg.databytecounts)), default=0)
+        if end > size:
+            raise DataError(f"Expected `{path}` to be a complete TIFF file but it is truncated: its pixel data end at "
+                            f"byte {end} and the file has {size} bytes")
+        return tuple(s.shape), np.dtype(s.dtype), (s.asarray() if pixels else None)
+
 def probe_image(
     path,  # image file
+    check_end: bool = True,  # also check the file is not cut short (PNG/JPEG end marker, TIFF data offsets, .npy size)
 ) -> tuple[tuple[int, int, int], np.dtype]:
-    "(C,H,W) shape and dtype of an image file, reading only its header where the format allows."
+    "(C,H,W) shape and dtype of an image file, reading only its header (and end) where the format allows."
     path = Path(path)
     ext = path.suffix.lower()
+    size = _check_file(path)
     try:
         if ext == ".npy":
-            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            try: arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except ValueError as e:
+                if "mmap length is greater than file size" not in str(e): raise
+                raise DataError(f"Expected `{path}` to be a complete .npy file but it is truncated: its header "
+                                f"promises more data than its {size} bytes") from None
             return _chw_shape(arr.shape, path), arr.dtype
         if ext in (".tif", ".tiff"):
-            tf = _tifffile()
-            with tf.TiffFile(path) as t:
-                s = t.series[0]
-                return _chw_shape(s.shape, path), np.dtype(s.dtype)
+            shape, dtype, _ = _tiff(path, size if check_end else float("inf"))
+            return _chw_shape(shape, path), dtype
         with Image.open(path) as im:
             mode = _pil_target_mode(im)
             bands = len(Image.new(mode, (1, 1)).getbands())
+            missing = _missing_end(path, im.format, size) if check_end else None
+            if missing:   # only a full decode can tell a cut file from one with data after its end marker
+                try: im.load()
+                except Exception as e:
+                    raise DataError(f"Expected `{path}` to be a complete image file but it is truncated ({missing} is "
+                                    f"not in its last {_TAIL} bytes and its pixels do not read: "
+                                    f"{type(e).__name__}: {e})") from e
             return (bands, im.height, im.width), np.dtype(_PIL_DTYPES.get(mode, "uint8"))
     except DataError: raise
-    except Exception as e:
-        raise DataError(f"Expected `{path}` to be a readable image file but could not read it: {type(e).__name__}: {e}") from e
+    except Exception as e: raise _unreadable(path, e) from e
 
 # %% ../nbs/00c_images.ipynb #89083cd5
 def read_image(
@@ -102,22 +162,24 @@ def read_image(
     "Read an image as a float32 (C,H,W) array in its original units, plus a meta dict."
     path = Path(path)
     ext = path.suffix.lower()
-    names = None
+    names, what = None, "it"
+    size = _check_file(path)
     try:
         if ext == ".npy":
+            what = "its pixels (truncated or corrupt?)"
             arr = np.load(path, allow_pickle=False)
         elif ext in (".tif", ".tiff"):
-            arr = _tifffile().imread(path)
+            arr = _tiff(path, size, pixels=True)[2]
         else:
             with Image.open(path) as im:
+                what = "its pixels (truncated or corrupt?)"
                 im.load()
                 mode = _pil_target_mode(im)
                 if mode != im.mode: im = im.convert(mode)
                 arr = np.asarray(im)
                 names = _PIL_BAND_NAMES.get(mode)
     except DataError: raise
-    except Exception as e:
-        raise DataError(f"Expected `{path}` to be a readable image file but could not read it: {type(e).__name__}: {e}") from e
+    except Exception as e: raise _unreadable(path, e, what) from e
     if arr.dtype.kind not in "uifb":
         raise DataError(f"Expected `{path}` to hold numbers (integer, bool or float) but got dtype {arr.dtype}")
     dtype = arr.dtype.newbyteorder("=") if arr.dtype.byteorder not in "=|" else arr.dtype
@@ -151,7 +213,10 @@ def list_images(
         what = "is a file" if folder.exists() else "was not found"
         raise DataError(f"Expected `{key}` to be an existing folder but '{folder}' {what}")
     exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in exts)
+    # every entry with an image extension but folders and macOS "._" metadata: a broken or looping link is kept,
+    # so that it is reported as a bad file (naming it) instead of silently missing
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in exts and not p.name.startswith("._") and not p.is_dir())
     if not files:
         raise DataError(f"Expected `{key}` folder '{folder}' to contain image files with extensions "
                         f"{', '.join(exts)} but found none")

@@ -175,7 +175,8 @@ def predict_tiled_to(fn:Callable[[torch.Tensor], torch.Tensor], # maps (N,C,h,w)
     import tempfile
     with tempfile.TemporaryDirectory(prefix="gan_engine-tiles-") as tmp:
         wsum = np.lib.format.open_memmap(f"{tmp}/wsum.npy", mode="w+", dtype=np.float32, shape=(H * scale, W * scale))
-        out[...] = 0
+        for r in range(0, H * scale, rows_per_pass):   # zeroed strip by strip, so no more than a strip is held
+            out[:, r:r + rows_per_pass] = 0; _release(out, r, min(H * scale, r + rows_per_pass))
         positions = [(y, x0) for y in ys for x0 in xs]
         done = 0   # output rows above this are final: normalised, written and let go of
         for i in range(0, len(positions), batch_size):
@@ -752,7 +753,10 @@ def predict_npy(self, src:str|Path, # input .npy (C,H,W), (H,W,C) or (H,W)
     with torch.inference_mode(): predict_tiled_to(fn, read, (H, W), out, self.scale, tile, overlap, batch_size, margin)
     if target != dest:   # integers: round and clip strip by strip into the final file
         final = np.lib.format.open_memmap(dest, mode="w+", dtype=dtype, shape=shape)
-        for r in range(0, shape[1], rows_per_pass): final[:, r:r + rows_per_pass] = _to_dtype(out[:, r:r + rows_per_pass], dtype)
+        for r in range(0, shape[1], rows_per_pass):   # each strip written and its pages let go of, in both files
+            r1 = min(shape[1], r + rows_per_pass)
+            final[:, r:r1] = _to_dtype(out[:, r:r1], dtype)
+            _release(final, r, r1); _release(out, r, r1)
         final.flush(); del final, out; target.unlink()
     return dest
 

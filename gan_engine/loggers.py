@@ -6,7 +6,7 @@ Docs: https://gan-engine.github.io/gan_engine/loggers.html.md"""
 
 # %% ../nbs/10_loggers.ipynb #255e3cde
 from __future__ import annotations
-import os, threading
+import threading, warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from fastcore.basics import patch_to
 
 from .render import to_pil
+from .checkpoint import WriteError, write_atomic
 
 # %% auto #0
 __all__ = ['DataFrameLogger', 'log_images', 'log_histograms']
@@ -82,25 +83,30 @@ def df(self)->pd.DataFrame:
 @patch_to(DataFrameLogger)
 @rank_zero_only
 def save(self):
-    "Write metrics.csv (atomically)."
-    self._save_dir.mkdir(parents=True, exist_ok=True)
-    tmp = self.metrics_path.with_suffix(".csv.tmp")
-    self.df.to_csv(tmp)
-    os.replace(tmp, self.metrics_path)
+    "Write metrics.csv atomically; a failed write keeps the previous file and raises `WriteError`, which stops training."
+    data = self.df.to_csv().encode()
+    try: write_atomic(self.metrics_path, lambda f: f.write(data))
+    except WriteError as e:
+        raise WriteError(f"DataFrameLogger: {e}. Training stops here, since a run that cannot write its files would "
+                         f"lose its work; the metrics so far are still in `logger.df`", e.errno) from e
 
 @patch_to(DataFrameLogger)
 @rank_zero_only
-def finalize(self, status:str): self.save()
+def finalize(self, status:str):
+    "Write metrics.csv at the end; after a failed run a failing write only warns (the run's own error is the one to see)."
+    if status != "failed": return self.save()
+    try: self.save()
+    except WriteError as e: warnings.warn(str(e), UserWarning)
 
 @patch_to(DataFrameLogger)
 @rank_zero_only
 def log_image(self, key:str, images:Sequence, step:int|None=None, **kwargs):
-    "Save each image (H,W,3 uint8 array, tensor or PIL image) as a PNG under images/<key>/."
+    "Save each image (H,W,3 uint8 array, tensor or PIL image) as a PNG under images/<key>/ (atomically)."
     folder = self._save_dir / "images" / key.replace("/", "_")
-    folder.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
         path = folder / (f"step_{step if step is not None else 0:07d}" + (f"_{i}" if len(images) > 1 else "") + ".png")
-        to_pil(img).save(path)
+        pil = to_pil(img)
+        write_atomic(path, lambda f: pil.save(f, format="PNG"))   # never half a PNG; a full disk raises WriteError
         self.images.append({"key": key, "step": step, "path": str(path)})
 
 # %% ../nbs/10_loggers.ipynb #518f8df8

@@ -28,7 +28,7 @@ from .optim import optimizer_from_config, scheduler_from_config, clip_value
 from .loggers import log_histograms, log_images
 from .render import embedding_plot, render_panels
 from .shapes import all_specs, parse_prompt
-from .checkpoint import rank_rng, read_training_state, rng_state, set_rng_state, write_training_state
+from .checkpoint import STATE_KEY, check_state_fits, rank_rng, read_training_state, rng_state, set_rng_state, write_training_state
 from .checkpoint import set_optimization_mode, shift_logger_step
 
 # %% auto #0
@@ -620,14 +620,20 @@ def _fitting(self)->bool:
 
 @patch_to(GANModule)
 def on_load_checkpoint(self, checkpoint:dict):
+    path = self.trainer.ckpt_path if self._trainer is not None else None
     state = read_training_state(checkpoint)
-    if state is None:
-        warnings.warn("The checkpoint has no gan_engine training state: step counters start at 0", UserWarning)
+    if state is None:   # e.g. a checkpoint another tool wrote: Lightning's step counts generator steps in gan_engine
+        n = int(checkpoint.get("global_step") or 0)
+        self.g_step, self.d_step = n, self.plan.d_updates_done(n)
+        warnings.warn(f"'{path}' has no gan_engine training state (no '{STATE_KEY}' entry): the step counters continue "
+                      f"from Lightning's step {n} (discriminator steps {self.d_step}, from the step plan) and the random "
+                      f"states are not restored, so the run does not repeat an uninterrupted one exactly", UserWarning)
     else:
         self.g_step, self.d_step = int(state["g_step"]), int(state["d_step"])
         rng = rank_rng(state, self.global_rank if self._trainer is not None else 0)
         if self._fitting() and rng is not None: set_rng_state(rng)
     self._adapt_discriminator(checkpoint)
+    if self.strict_loading: check_state_fits(self, checkpoint, path)   # a file from other networks: named, with the mismatches
 
 @patch_to(GANModule)
 def _adapt_discriminator(self, checkpoint:dict):

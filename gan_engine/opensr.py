@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy, warnings
 from collections.abc import Mapping
 
-from .registry import ConfigWarning, get_key, has_key, pop_key, set_key
+from .registry import ConfigError, ConfigWarning, get_key, has_key, pop_key, set_key
 
 # %% auto #0
 __all__ = ['OPENSR_MARKERS', 'OPENSR_KEYS', 'OPENSR_METRICS', 'OPENSR_DEFAULTS', 'OPENSR_NOTES', 'translate_opensr',
@@ -186,7 +186,12 @@ def _opensr_keys(c:dict):
         pop_key(c, "Schedulers.g_warmup_type"); set_key(c, "Schedulers.g_warmup_steps", 0)
     if isinstance(c.get("TruncatedVGG"), dict):   # its VGG cut: relu{i}_{j}, one layer
         tv = c.pop("TruncatedVGG")
-        set_key(c, "Training.Losses.perceptual_layers", {f"relu{int(tv.get('i', 5))}_{int(tv.get('j', 4))}": 1.0})
+        ij = [tv.get(k, d) for k, d in (("i", 5), ("j", 4))]
+        for k, v in zip("ij", ij):   # OpenSR reads them with int(): a block and a conv number, from 1
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= (5 if k == 'i' else 4):
+                raise ConfigError(f"TruncatedVGG.{k}: {str(v)[:40]!r} is not a VGG19 {'block' if k == 'i' else 'conv'} "
+                                  "number (i: 1 to 5, j: 1 to 4; relu<i>_<j> is the layer the perceptual loss reads)")
+        set_key(c, "Training.Losses.perceptual_layers", {f"relu{ij[0]}_{ij[1]}": 1.0})
 
 # %% ../nbs/00b_opensr.ipynb #56fca075
 OPENSR_NOTES = {   # the keys `translate_opensr` handles in code, in words (the table below reads them)

@@ -203,11 +203,16 @@ def load_weights(module:GANModule, path:str|Path):
     "Initialise weights from a checkpoint (generator, discriminator, EMA where present) or a generator weights file."
     state = _weights_file(path)
     if not isinstance(state, Mapping): raise CheckpointError(f"Expected '{path}' to hold a checkpoint dict or a state_dict")
-    if "state_dict" in state:
-        missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
-        ema = ema_state(state)
-    else:
-        missing, unexpected = module.generator.load_state_dict(state, strict=False); ema = None
+    try:
+        if "state_dict" in state:
+            missing, unexpected = module.load_state_dict(state["state_dict"], strict=False)
+            ema = ema_state(state)
+        else:
+            missing, unexpected = module.generator.load_state_dict(state, strict=False); ema = None
+    except RuntimeError as e:   # same names, other shapes: torch lists them one per line
+        sizes = [l.strip() for l in str(e).splitlines()[1:] if l.strip()]
+        raise ConfigError(f"Model.load_checkpoint: {str(path)!r} does not match this config's networks "
+                          f"({len(sizes)} shape mismatches, e.g. {sizes[:2]})") from None
     if unexpected or [k for k in missing if k.startswith("generator")]:
         raise ConfigError(f"Model.load_checkpoint: {str(path)!r} does not match this config's networks "
                           f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")

@@ -149,7 +149,7 @@ def _build_prompt_controls(self):
 @patch_to(Inspector, as_prop=True)
 def entry(self)->Capture|None:
     "The captured entry shown now."
-    return self._entries[self.step.value] if self._entries else None
+    with self._lock: return self._entries[self.step.value] if self._entries else None   # (refresh changes both at once)
 
 @patch_to(Inspector, as_prop=True)
 def bands(self)->tuple[int, int, int]: return tuple(d.value for d in self.rgb)
@@ -168,7 +168,11 @@ def visible_panels(self)->list[str]:
 
 @patch_to(Inspector, as_prop=True)
 def state(self)->dict:
-    "What is shown: the controls' values and the entry's step."
+    "What is shown: the controls' values and the entry's step (one consistent snapshot, from any thread)."
+    with self._lock: return self._state()
+
+@patch_to(Inspector)
+def _state(self)->dict:
     e = self.entry
     return {"sample": self.sample.value, "index": self.step.value, "step": e.step if e else None,
             "n_steps": len(self._entries), "weights": self.weights.value, "bands": self.bands,
@@ -202,6 +206,7 @@ def refresh(self)->int:
                 self.step.max = n - 1
                 if follow or old_step is None: self.step.value = n - 1
                 else: self.step.value = int(np.argmin([abs(e.step - old_step) for e in entries]))
+            else: self.step.value = self.step.max = 0   # the history was cleared: no index beyond it
         finally: self._hold = False
         self.render()
         tries = list(getattr(self.capture, "prompt_tries", []) or [])
@@ -398,6 +403,7 @@ class LiveTraining:
         self._plot_rows, self._thread, self._halt = None, None, threading.Event()
         self._lock = threading.RLock()
         self.refresh()
+        _DASHBOARDS.add(self)
         if auto_refresh and self.running: self.start_auto_refresh(refresh_every)
 
     def _repr_mimebundle_(self, **kw): return self.widget._repr_mimebundle_(**kw)
@@ -483,11 +489,18 @@ def stop_auto_refresh(self):
     _REFRESHING.discard(self)
 
 _REFRESHING = weakref.WeakSet()  # dashboards whose refresh thread runs
+_DASHBOARDS = weakref.WeakSet()  # every dashboard: its session is stopped when the interpreter exits
 
 @atexit.register
 def _stop_refreshing():
-    # a daemon thread still drawing (torch, matplotlib) while the interpreter shuts down can abort the process
+    # a daemon thread still drawing (torch, matplotlib) while the interpreter shuts down can abort the process,
+    # and so can the training thread of a background run (a kernel shut down mid-run): it is asked to stop at the
+    # next batch, which saves a checkpoint, and given a minute to finish
     for dash in list(_REFRESHING): dash.stop_auto_refresh()
+    for dash in list(_DASHBOARDS):
+        try:
+            if dash.running and hasattr(dash.session, "stop"): dash.session.stop(wait=True, timeout=60)
+        except BaseException: pass   # a failed run: its own error was the one to see
 
 @patch_to(LiveTraining, as_prop=True)
 def auto_refreshing(self)->bool: return self._thread is not None and self._thread.is_alive()

@@ -15,6 +15,8 @@ SMOKE = {   # script -> (arguments of its quick form, lines its output must cont
     "inpaint_quality.py": (["--minutes", "0.2"], ["GAN - biharmonic:", "goal (beat biharmonic hole PSNR within the budget):"]),
     "loader_share.py": (["--quick", "--workers", "0", "1"], ["loader alone (num_workers=", "fastest: num_workers="]),
     "predict_memory.py": (["--quick"], ["outputs at 64^2: bit-identical", "streaming holds"]),
+    "soak.py": (["--quick"], ["RSS slope over the second half", "open file descriptors: first",
+                              "goal (no lost rows: metrics.csv rows == expected): met"]),
     "prompt_adherence.py": (["--cpu-minutes", "0.2", "--per-spec", "1"],
                             ["GAN (EMA) · held-out", "real renders · seen", "goal (>= 90 % on each attribute"]),
     # with OpenSR-SRGAN absent (CI) it times gan_engine alone and says so; with $OPENSR_PYTHON set it compares
