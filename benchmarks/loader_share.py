@@ -32,7 +32,9 @@ class BatchStarts(L.Callback):
 
 def step_time(workers:int, steps:int, warmup:int, out:str)->float:
     "Median seconds per training step of the quickstart's fit() with `workers` loader processes."
-    cfg = quickstart_config([f"Training.max_steps={warmup + steps + 1}", f"Data.num_workers={workers}",
+    total = warmup + steps + 1
+    cfg = quickstart_config([f"Training.max_steps={total}", f"Schedulers.g_warmup_steps={min(20, total // 2)}",  # short runs: a warm-up that fits
+                             f"Data.num_workers={workers}",
                              f"Logging.output_dir={out}", "Trainer.limit_val_batches=0", "Trainer.num_sanity_val_steps=0",
                              "Trainer.enable_progress_bar=false", "Trainer.enable_model_summary=false"])
     timer = BatchStarts()

@@ -94,6 +94,13 @@ def extra_objects(cfg:Config, key:str)->list:
     return [build_object(x, f"Trainer.{key}" + (f"[{i}]" if isinstance(v, list) else ""), SPEC_KEYS[key])
             if is_class_spec(x) else x for i, x in enumerate(items)]
 
+def _wandb_stays_offline():
+    "Offline or disabled W&B runs send nothing: wandb's own usage telemetry (OpenTelemetry, since wandb 0.2x) is switched off too."
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")   # wandb's documented switch for its error and usage reports
+    try: from wandb.analytics.opentelemetry.opentelemetry_proxy import disable
+    except ImportError: return   # older wandb: no such telemetry
+    disable()
+
 def build_logger(cfg:Config, run_dir:Path, resume:bool=False):
     "The logger named by `Logging.logger`, writing under `run_dir` (False for none)."
     kind = cfg.Logging.logger
@@ -106,6 +113,7 @@ def build_logger(cfg:Config, run_dir:Path, resume:bool=False):
     w = cfg.Logging.wandb
     try: import wandb  # noqa: F401
     except ImportError: raise ConfigError("Logging.logger: 'wandb' needs the wandb package: pip install wandb") from None
+    if w.mode != "online": _wandb_stays_offline()
     return WandbLogger(project=w.project, entity=w.entity, mode=w.mode, save_dir=str(run_dir), config=cfg.to_dict())
 
 # %% ../nbs/11_trainer.ipynb #94935531
