@@ -170,6 +170,11 @@ def _parser()->argparse.ArgumentParser:
     im.add_argument("--output", required=True, help="the run directory to create")
     im.add_argument("--value-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="raw data range (default: Data.value_range)")
     im.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    pl = sub.add_parser("plot", help="draw a run's curves (losses, D(real)/D(fake), validation with its baseline) from its metrics.csv")
+    pl.add_argument("run_dir", help="the run directory (or its metrics.csv)")
+    pl.add_argument("--output", help="the PNG to write (default: RUN_DIR/images/curves.png, the file training keeps up to date)")
+    pl.add_argument("--smooth", type=int, default=20, help="rolling-mean window of the training curves, in logged steps (default 20)")
+    pl.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     pv = sub.add_parser("preview", help="build the data pipeline from a config and write a grid of its samples (LR/HR, or images with masks)")
     common(pv)
     return p
@@ -267,9 +272,28 @@ def _import_opensr(args)->Path:
           f"`train --resume` take it")
     return run
 
+def _plot(args)->Path:
+    from gan_engine.trainer import plot_run, read_metrics
+    if args.smooth < 1: raise ConfigError(f"--smooth: expected a window of at least 1 logged step but got {args.smooth}")
+    run = Path(args.run_dir)
+    run = run.parent if run.suffix == ".csv" else run
+    df = read_metrics(args.run_dir)
+    out = Path(args.output) if args.output else run / "images" / "curves.png"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_run(args.run_dir, smooth=args.smooth).savefig(out, format="png")
+    vals = df["val/psnr"].dropna() if "val/psnr" in df else None
+    last = ""
+    if vals is not None and len(vals):
+        base = df["val/psnr_bicubic"].dropna() if "val/psnr_bicubic" in df else None
+        last = f"; val/psnr {vals.iloc[-1]:.2f} dB last, {vals.max():.2f} dB best" + (
+            f" (bicubic {base.iloc[-1]:.2f} dB)" if base is not None and len(base) else "")
+    steps = int(df.index.max()) + 1 if len(df) else 0
+    print(f"Curves of {run.name}: {steps} generator steps, {0 if vals is None else len(vals)} validations{last}; written to {out}")
+    return run
+
 def _run(args)->Path:
     return {"train": _train, "validate": _validate, "predict": _predict, "preview": _preview_cmd,
-            "import-opensr": _import_opensr}[args.command](args)
+            "import-opensr": _import_opensr, "plot": _plot}[args.command](args)
 
 # %% ../nbs/14_cli.ipynb #e3195f3e
 def _user_errors():

@@ -201,6 +201,7 @@ SCHEMA["Training"] = {
         "ms_ssim_weight": _key(0.0, "float", "1 - MS-SSIM weight", lo=0.0),
         "sam_weight": _key(0.0, "float", "spectral angle weight (multi-band)", lo=0.0),
         "tv_weight": _key(0.0, "float", "total variation weight", lo=0.0),
+        "extra": _key({}, "dict", "further generator loss terms: {name: weight}, names from the loss-term registry or import paths of a term (sr, hr) -> scalar", open_dict=True),
         "hole_l1_weight": _key(1.0, "float", "inpaint: L1 of the raw generator output in the hole (mean over hole pixels)", lo=0.0),
         "valid_l1_weight": _key(0.1, "float", "inpaint: L1 of the raw generator output outside the hole (mean over kept pixels)", lo=0.0),
         "boundary_tv_weight": _key(0.0, "float", "inpaint: total variation of the composite on the hole and a 1-px ring around it", lo=0.0),
@@ -296,6 +297,9 @@ SCHEMA["Logging"] = {
     "histograms_every_n_steps": _key(0, "int", "log weight/gradient histograms every N generator steps (0 = never)", lo=0),
     "grad_norm_every_n_steps": _key(50, "int", "log each network's gradient norm (before clipping) every N generator steps; the health checks read it (0 = never)", lo=0),
     "display_bands": _key(None, "list", "3 band indices shown as RGB; null = first 3 (or the single band)", nullable=True),
+    "progress": _key("auto", "str", "progress display counted in generator steps: bar (redrawn in place), lines (one plain line every progress_every_n_steps), none, or auto (bar on a terminal or in a notebook, lines otherwise: CI, nohup, a log file)", choices=("auto", "bar", "lines", "none")),
+    "progress_every_n_steps": _key(None, "int", "lines mode: print one line every N generator steps; null = about 20 lines per run", lo=1, nullable=True),
+    "curves": _key(True, "bool", "write images/curves.png (losses, D(real)/D(fake), the validation metric with its baseline) after each validation and at the end"),
     "wandb": {
         "project": _key("gan_engine", "str", "W&B project"),
         "entity": _key(None, "str", "W&B entity", nullable=True),
@@ -314,14 +318,14 @@ def _walk_schema(schema=None, prefix=""):
         else: yield path, spec
 
 def describe_config()->"pandas.DataFrame":
-    "Every config key with its default, accepted values and meaning, as a DataFrame."
+    "Every config key with its default, type, accepted values and meaning, as a DataFrame."
     import pandas as pd
     rows = []
     for path, k in _walk_schema():
         allowed = (list(k.choices) if k.choices else f"{k.registry} name or import path" if k.registry
                    else f"{k.type}" + (f" ≥ {k.lo}" if k.lo is not None else "")
                    + (f" {'<' if k.hi_open else '≤'} {k.hi}" if k.hi is not None else ""))
-        rows.append(dict(key=path, default=k.default, allowed=str(allowed) + (" or null" if k.nullable else ""), meaning=k.doc))
+        rows.append(dict(key=path, default=k.default, type=k.type + (" or null" if k.nullable else ""), allowed=str(allowed) + (" or null" if k.nullable else ""), meaning=k.doc))
     return pd.DataFrame(rows)
 
 # %% ../nbs/00_config.ipynb #d458fa92

@@ -474,6 +474,10 @@ def _worker_data_error(e: DataError) -> DataError | None:
 
 class ReportingLoader(DataLoader):
     "A DataLoader whose workers' DataErrors arrive as DataErrors naming the file, and whose workers' left-out files reach its dataset."
+    def __init__(self, dataset:Dataset, # the dataset; its `note_skipped`, when it has one, hears of files workers left out
+                 **kwargs): # any `torch.utils.data.DataLoader` argument
+        super().__init__(dataset, **kwargs)
+
     def __iter__(self): return self._reporting(super().__iter__())
 
     def _reporting(self, batches):

@@ -1,4 +1,4 @@
-"""A pandas-backed Lightning logger whose metric history is a DataFrame you can read live, and helpers that send images and histograms to whichever loggers take them.
+"""A pandas-backed Lightning logger whose metric history is a DataFrame you can read live, and helpers that send images (with their captions), histograms and the config snapshot to whichever loggers take them.
 
 Docs: https://gan-engine.github.io/gan_engine/loggers.html.md"""
 
@@ -11,17 +11,19 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import yaml
 import pandas as pd
 import torch
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 from fastcore.basics import patch_to
 
+from .config import ConfigDumper
 from .render import to_pil
 from .checkpoint import WriteError, write_atomic
 
 # %% auto #0
-__all__ = ['DataFrameLogger', 'log_images', 'log_histograms']
+__all__ = ['DataFrameLogger', 'log_images', 'log_histograms', 'log_config']
 
 # %% ../nbs/10_loggers.ipynb #a9ebc2af
 class DataFrameLogger(Logger):
@@ -110,13 +112,19 @@ def log_image(self, key:str, images:Sequence, step:int|None=None, **kwargs):
         self.images.append({"key": key, "step": step, "path": str(path)})
 
 # %% ../nbs/10_loggers.ipynb #518f8df8
+def _verbatim(text:str, lang:str="")->str:
+    "`text` as a fenced Markdown block, which TensorBoard's text panel shows as it is."
+    fence = "```"
+    while fence in text: fence += "`"
+    return f"{fence}{lang}\n{text}\n{fence}"
+
 def log_images(loggers:Sequence[Logger], # the trainer's loggers
                key:str, # image name, e.g. "val/panels"
                image:np.ndarray, # (H,W,3) uint8
                step:int, # generator step
-               caption:str|None=None, # optional caption (W&B)
+               caption:str|None=None, # optional caption (W&B: on the image; TensorBoard: text `<key>/caption`)
               )->int:
-    "Send one rendered image to every logger that takes images; returns how many took it."
+    "Send one rendered image (and its caption) to every logger that takes images; returns how many took it."
     n = 0
     for lg in loggers:
         exp = getattr(lg, "experiment", None)
@@ -124,6 +132,7 @@ def log_images(loggers:Sequence[Logger], # the trainer's loggers
             lg.log_image(key, [image], step=step, **({"caption": [caption]} if caption and type(lg).__name__ == "WandbLogger" else {}))
         elif exp is not None and hasattr(exp, "add_image"):
             exp.add_image(key, image, step, dataformats="HWC")
+            if caption and hasattr(exp, "add_text"): exp.add_text(f"{key}/caption", _verbatim(caption), step)
         else: continue
         n += 1
     return n
@@ -151,4 +160,21 @@ def log_histograms(loggers:Sequence[Logger], # the trainer's loggers
                     if p.grad is not None: data[f"grads/{name}/{pname}"] = wandb.Histogram(p.grad.detach().float().cpu().numpy())
             exp.log({**data, "trainer/global_step": step})
             n += 1
+    return n
+
+def log_config(loggers:Sequence[Logger], # the trainer's loggers
+               config, # the run's `Config` (or its dict)
+               step:int=0, # generator step (0 for a fresh run, the resumed step for a resumed one)
+              )->int:
+    "The config snapshot to every logger that keeps one: TensorBoard text `config` (YAML, as `config.yaml`), the W&B run config; returns how many took it."
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    n = 0
+    for lg in loggers:
+        exp = getattr(lg, "experiment", None)
+        if type(lg).__name__ == "WandbLogger":
+            exp.config.update(d, allow_val_change=True)
+        elif exp is not None and hasattr(exp, "add_text"):
+            exp.add_text("config", _verbatim(yaml.dump(d, Dumper=ConfigDumper, sort_keys=False).rstrip("\n"), "yaml"), step)
+        else: continue   # the csv logger: `config.yaml` in the run directory is the snapshot
+        n += 1
     return n

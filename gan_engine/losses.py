@@ -6,13 +6,15 @@ Docs: https://gan-engine.github.io/gan_engine/losses.html.md"""
 
 # %% auto #0
 __all__ = ['MS_SSIM_BETAS', 'VGG19_BLOCKS', 'VGG19_CHANNELS', 'VGG19_LAYERS', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'DEFAULT_PERCEPTUAL_LAYERS', 'ADV_LOSS_TYPES', 'check_pair', 'l1_loss', 'mse_loss', 'charbonnier_loss',
-           'ssim_loss', 'ms_ssim_loss', 'spectral_angle', 'sam_loss', 'tv_loss', 'vgg19_torchvision_keymap',
-           'VGG19Features', 'load_vgg19_weights', 'select_bands', 'PerceptualLoss', 'AdversarialLoss',
-           'gradient_penalty', 'r1_penalty', 'R1Penalty', 'feature_matching_loss', 'adversarial_weight',
-           'GeneratorLoss', 'DiscriminatorLoss']
+           'DEFAULT_PERCEPTUAL_LAYERS', 'ADV_LOSS_TYPES', 'LOSS_TERMS', 'check_pair', 'l1_loss', 'mse_loss',
+           'charbonnier_loss', 'ssim_loss', 'ms_ssim_loss', 'spectral_angle', 'sam_loss', 'tv_loss',
+           'vgg19_torchvision_keymap', 'VGG19Features', 'load_vgg19_weights', 'select_bands', 'PerceptualLoss',
+           'AdversarialLoss', 'gradient_penalty', 'r1_penalty', 'R1Penalty', 'feature_matching_loss',
+           'adversarial_weight', 'gradient_l1_loss', 'fft_l1_loss', 'loss_term_label', 'build_loss_term',
+           'extra_loss_terms', 'GeneratorLoss', 'DiscriminatorLoss']
 
 # %% ../nbs/05_losses.ipynb #7c5bf4ea
+import math, re
 from fastcore.basics import patch_to
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -28,6 +30,7 @@ from torchmetrics.functional.image import (
 from .steps import RAMP_SHAPES, ramp_fraction
 
 from .pretrained import find_vgg19_weights
+from .registry import ConfigError, Registry, did_you_mean, import_object, is_import_path, public_name
 
 # %% ../nbs/05_losses.ipynb #0e4413c6
 def check_pair(sr: torch.Tensor, # generated image (B, C, H, W)
@@ -407,6 +410,88 @@ def adversarial_weight(g_step: int, # generator step (0-based)
         raise ValueError(f"Expected `adv_loss_schedule` to be one of {RAMP_SHAPES} but got {schedule!r}")
     return float(beta) * ramp_fraction(g_step, pretrain_steps, ramp_steps, schedule)
 
+# %% ../nbs/05_losses.ipynb #1a36ed3d
+LOSS_TERMS = Registry.of("loss term", "Training.Losses.extra")  # name -> term (sr, hr) -> scalar tensor, or a class building one
+
+@LOSS_TERMS.register("gradient_l1")
+def gradient_l1_loss(sr: torch.Tensor, # generated image (B, C, H, W)
+                     hr: torch.Tensor, # target image (B, C, H, W)
+                    ) -> torch.Tensor:
+    "L1 between the vertical and between the horizontal finite differences of `sr` and `hr` (summed)."
+    check_pair(sr, hr)
+    d = sr - hr                                   # differences are linear: compare the differences' steps
+    return (d[:, :, 1:, :] - d[:, :, :-1, :]).abs().mean() + (d[:, :, :, 1:] - d[:, :, :, :-1]).abs().mean()
+
+@LOSS_TERMS.register("fft_l1")
+def fft_l1_loss(sr: torch.Tensor, # generated image (B, C, H, W)
+                hr: torch.Tensor, # target image (B, C, H, W)
+               ) -> torch.Tensor:
+    "Mean absolute difference of the orthonormal 2-D Fourier transforms (`rfft2`), per band."
+    check_pair(sr, hr)
+    return torch.fft.rfft2(_f32(sr) - _f32(hr), norm="ortho").abs().mean()
+
+# %% ../nbs/05_losses.ipynb #f53739da
+_TAKEN_LABELS = frozenset({  # names already logged under train/ and val/: built-in terms, task terms, step values, metrics
+    "l1", "mse", "charbonnier", "ssim", "ms_ssim", "sam", "tv", "perceptual", "adv", "feature_matching",
+    "hole_l1", "valid_l1", "boundary_tv", "loss_g", "loss_d", "d_adv", "d_real", "d_fake", "gp", "r1",
+    "adv_weight", "phase", "lr_g", "lr_d", "g_step", "psnr", "psnr_bicubic", "sam_deg", "lpips"})
+
+def loss_term_label(name: str, # a registered loss-term name or an import path `package.module:attribute`
+                   ) -> str:
+    "The name a term is logged under: the registered name (lower case), or the import path's last attribute."
+    return name.rpartition(":")[2].rpartition(".")[2] if is_import_path(name) else name.strip().lower()
+
+def build_loss_term(name: str, # a registered loss-term name or an import path `package.module:attribute`
+                    config=None, # the validated Config, handed to a class's `from_config`
+                   ):
+    "The callable term `name` stands for: a function as it is, a class instantiated (`from_config(config)` or `()`)."
+    key = f"Training.Losses.extra.{name}"
+    if is_import_path(name): obj = import_object(name, key)
+    else:
+        names = LOSS_TERMS.names()
+        if name.strip().lower() not in names:
+            raise ConfigError(f"{key}: unknown loss term {name!r}{did_you_mean(name, names)}; expected one of {names} "
+                              f"or an import path 'package.module:name' of a term (sr, hr) -> scalar tensor")
+        obj = LOSS_TERMS.get(name.strip().lower())
+    if isinstance(obj, type):
+        try: obj = obj.from_config(config) if config is not None and hasattr(obj, "from_config") else obj()
+        except ConfigError: raise
+        except Exception as e:
+            raise ConfigError(f"{key}: building {public_name(obj)} failed ({type(e).__name__}: {e}); a loss-term class "
+                              f"is built with from_config(cfg) when it has one, else with no arguments") from e
+    if not callable(obj):
+        raise ConfigError(f"{key}: {name!r} is a {type(obj).__name__}, not a loss term; expected a function "
+                          f"(sr, hr) -> scalar tensor or a class whose instances are one")
+    return obj
+
+def extra_loss_terms(extra: Mapping | None, # Training.Losses.extra: {name or import path: weight}
+                     config=None, # the validated Config, handed to term classes with `from_config`
+                    ) -> dict:
+    "`{label: (term, weight)}` for `Training.Losses.extra`; every problem is reported at once as a `ConfigError`."
+    if not extra: return {}
+    if not isinstance(extra, Mapping):
+        raise ConfigError(f"Training.Losses.extra: {extra!r} must be a mapping {{loss term name or import path: weight}}")
+    out, problems, seen = {}, [], {}
+    for name, w in extra.items():
+        key = f"Training.Losses.extra.{name}"
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"{key}: {name!r} is not a loss term name or an import path"); continue
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            problems.append(f"{key}: weight {w!r} must be a finite number >= 0")
+        label = loss_term_label(name)
+        if label in _TAKEN_LABELS or not re.fullmatch(r"[A-Za-z0-9_]+", label):
+            problems.append(f"{key}: it would be logged as {label!r}, which " + (
+                "gan_engine logs already" if label in _TAKEN_LABELS else "is not a plain name (letters, digits, _)") +
+                "; register the term under another name")
+        elif label in seen:
+            problems.append(f"{key}: it would be logged as {label!r}, like {seen[label]!r}; register one of them under another name")
+        seen.setdefault(label, name)
+        try: term = build_loss_term(name, config)
+        except ConfigError as e: problems.extend(e.problems); continue
+        if not problems: out[label] = (term, float(w))
+    if problems: raise ConfigError(problems)
+    return out
+
 # %% ../nbs/05_losses.ipynb #18f3884e
 _REC_TERMS = ("l1", "mse", "charbonnier", "ssim", "ms_ssim", "sam", "tv", "perceptual")
 
@@ -416,7 +501,7 @@ def _losses_section(cfg):
     return sec.to_dict() if hasattr(sec, "to_dict") else dict(sec)
 
 class GeneratorLoss(nn.Module):
-    "Weighted sum of reconstruction, perceptual, adversarial and feature-matching terms; returns (total, terms)."
+    "Weighted sum of reconstruction, perceptual, extra, adversarial and feature-matching terms; returns (total, terms)."
     def __init__(self,
                  l1_weight: float = 1.0, # Training.Losses.l1_weight
                  mse_weight: float = 0.0, # Training.Losses.mse_weight
@@ -436,8 +521,11 @@ class GeneratorLoss(nn.Module):
                  charbonnier_eps: float = 1e-3, # Training.Losses.charbonnier_eps
                  adv_loss_type: str = "bce", # Training.Losses.adv_loss_type
                  relativistic: bool = False, # Training.Losses.relativistic_average_d
+                 extra: Mapping[str, float] | None = None, # Training.Losses.extra: {loss term name or import path: weight}
+                 config=None, # the validated Config, handed to extra term classes with `from_config`
                 ):
         super().__init__()
+        self.extra = extra_loss_terms(extra, config)   # {label: (term, weight)}, checked before anything trains
         self.weights = dict(l1=l1_weight, mse=mse_weight, charbonnier=charbonnier_weight, ssim=ssim_weight,
                             ms_ssim=ms_ssim_weight, sam=sam_weight, tv=tv_weight, perceptual=perceptual_weight)
         self.weights = {k: float(v) for k, v in self.weights.items()}
@@ -459,7 +547,7 @@ class GeneratorLoss(nn.Module):
         keys = ["l1_weight", "mse_weight", "charbonnier_weight", "ssim_weight", "ms_ssim_weight", "sam_weight",
                 "tv_weight", "perceptual_weight", "feature_matching_weight", "perceptual_weights", "perceptual_layers",
                 "perceptual_bands", "perceptual_metric", "max_val", "ssim_win", "charbonnier_eps", "adv_loss_type"]
-        return cls(**{k: L[k] for k in keys}, relativistic=L["relativistic_average_d"])
+        return cls(**{k: L[k] for k in keys}, relativistic=L["relativistic_average_d"], extra=L.get("extra"), config=cfg)
 
 # %% ../nbs/05_losses.ipynb #4cc16cf3
 @patch_to(GeneratorLoss)
@@ -474,17 +562,32 @@ def _term(self, name, sr, hr, weight):
     return self.perceptual(sr, hr)
 
 @patch_to(GeneratorLoss)
+def _extra_term(self, label, term, sr, hr):
+    "One extra term's value, checked to be a scalar tensor."
+    if isinstance(term, nn.Module): term.to(sr.device)
+    v = term(sr, hr)
+    if not isinstance(v, torch.Tensor) or v.numel() != 1:
+        got = f"a tensor of shape {tuple(v.shape)}" if isinstance(v, torch.Tensor) else f"a {type(v).__name__}"
+        raise ValueError(f"Expected loss term {label!r} (Training.Losses.extra) to return a scalar tensor but got {got}")
+    return v.reshape(())
+
+@patch_to(GeneratorLoss)
 def reconstruction(self, sr: torch.Tensor, # generated image (B, C, H, W)
                    hr: torch.Tensor, # target image (B, C, H, W)
                    weight: torch.Tensor | None = None, # optional weight map / mask (B, 1, H, W) for pixel losses
                   ) -> tuple:
-    "Weighted reconstruction + perceptual loss and its terms."
+    "Weighted reconstruction + perceptual + extra loss and its terms."
     check_pair(sr, hr)
     total, terms = sr.new_zeros(()), {}
     for name in _REC_TERMS:
         w = self.weights[name]
         if not w: continue
         v = self._term(name, sr, hr, weight)
+        total = total + w * v
+        terms[name], terms[f"{name}_w"] = v.detach(), (w * v).detach()
+    for name, (term, w) in self.extra.items():
+        if not w: continue
+        v = self._extra_term(name, term, sr, hr)
         total = total + w * v
         terms[name], terms[f"{name}_w"] = v.detach(), (w * v).detach()
     return total, terms

@@ -25,14 +25,14 @@ from .losses import GeneratorLoss, DiscriminatorLoss
 from .ema import GeneratorEMA, EMACallback
 from .tasks import build_task
 from .optim import optimizer_from_config, scheduler_from_config, clip_value
-from .loggers import log_histograms, log_images
-from .render import embedding_plot, render_panels
+from .loggers import log_config, log_histograms, log_images
+from .render import embedding_plot, psnr_per_sample, render_panels
 from .shapes import all_specs, parse_prompt
 from .checkpoint import STATE_KEY, check_state_fits, rank_rng, read_training_state, rng_state, set_rng_state, write_training_state
 from .checkpoint import set_optimization_mode, shift_logger_step
 
 # %% auto #0
-__all__ = ['split_batch', 'GANModule', 'to_channels_last', 'grad_norm', 'ScheduleFeed']
+__all__ = ['PANEL_MIN_TILE', 'split_batch', 'GANModule', 'to_channels_last', 'grad_norm', 'ScheduleFeed', 'panel_psnr_notes']
 
 # %% ../nbs/08_module.ipynb #2dd60940
 def _micro_sizes(n:int, k:int)->list[int]:
@@ -203,6 +203,7 @@ def on_train_start(self):
     for sched in self._schedulers():
         if sched.last_epoch != self.g_step: sched.go_to(self.g_step)
     self.train_values, self._log_every_step = {}, self._monitors_train_values()
+    if self.trainer.is_global_zero: log_config(self.loggers, self.cfg, step=self.g_step)   # TensorBoard text `config`, W&B run config
 
 # %% ../nbs/08_module.ipynb #22574846
 @patch_to(GANModule)
@@ -379,7 +380,7 @@ def _after_generator_step(self):
     n = self.cfg.Logging.histograms_every_n_steps
     if n and self.g_step % n == 0 and self._trainer is not None:
         nets = {"generator": self.generator, **({"discriminator": self.discriminator} if self.adversarial else {})}
-        log_histograms(self.loggers, nets, self.g_step)
+        log_histograms(self.loggers, nets, self.g_step - 1)   # the step the grad norms and train values of this step use
 
 @patch_to(GANModule)
 def _sync_ema_buffers(self):
@@ -492,15 +493,32 @@ def _keep_panels(self, batch, out, generated=None):
     self.val_prompts = prompts if self._panels_kept == 0 else self.val_prompts + prompts
     self._panels_kept += len(next(iter(new.values())))
 
+PANEL_MIN_TILE = 192   # validation panel tiles are enlarged (nearest) to at least this many pixels: large enough to judge texture
+
+def panel_psnr_notes(panels:dict, value_range)->dict[str, list[str]]:
+    "Each sample's PSNR against the target, for the panels of the target's size that are images of it (not errors or masks)."
+    target = next((k for k in ("hr", "target") if k in panels), None)
+    if target is None: return {}
+    skip = {target, "mask", "masked input", "lr"} | {k for k in panels if k.startswith("|")}
+    return {k: [f"{v:.2f} dB" for v in psnr_per_sample(x, panels[target], value_range)]
+            for k, x in panels.items() if k not in skip and x.shape == panels[target].shape}
+
+@patch_to(GANModule)
+def _logger_step(self)->int:
+    "The step Lightning gives the metrics logged now (while fitting: the last generator step, 0-based), for values sent to the loggers directly."
+    return int(getattr(self.trainer.fit_loop.epoch_loop, "_batches_that_stepped", max(self.g_step - 1, 0)))
+
 @patch_to(GANModule)
 def on_validation_epoch_end(self):
     n, last = self.cfg.Logging.images_every_n_steps, getattr(self, "_last_image_step", None)
     if self.trainer.sanity_checking or not n or not self.val_panels or not self.loggers: return
     if last is not None and self.g_step - last < n: return
     prompts = getattr(self, "val_prompts", None) or None   # the prompt task: each sample's prompt under its row
-    grid = render_panels(self.val_panels, self.value_range, self.cfg.Logging.display_bands, labels=True, row_labels=prompts)
+    notes = panel_psnr_notes(self.val_panels, self.value_range)
+    grid = render_panels(self.val_panels, self.value_range, self.cfg.Logging.display_bands, labels=True, row_labels=prompts,
+                         notes=notes, min_tile=PANEL_MIN_TILE)
     caption = " | ".join(self.val_panels) + ("\n" + "\n".join(prompts) if prompts else "")
-    log_images(self.loggers, "val/panels", grid, self.g_step, caption=caption)
+    log_images(self.loggers, "val/panels", grid, self._logger_step(), caption=caption)
     if self.cfg.Model.task == "prompt": self._log_embeddings()
     self._last_image_step = self.g_step
 
@@ -527,7 +545,7 @@ def _log_embeddings(self):
     shapes = [s.shape if s else None for s in specs]
     image = embedding_plot(emb, colours if any(colours) else None, shapes if any(shapes) else None,
                            title=f"prompt embeddings, step {self.g_step}")
-    log_images(self.loggers, "val/embeddings", image, self.g_step, caption="PCA of the prompt embeddings")
+    log_images(self.loggers, "val/embeddings", image, self._logger_step(), caption="PCA of the prompt embeddings")
 
 # %% ../nbs/08_module.ipynb #fbe33c32
 def _scheduled_validation(trainer)->bool:

@@ -10,12 +10,14 @@ import io
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['bands_to_rgb', 'to_pil', 'to_png', 'png_size', 'crop_region', 'stretch_limits', 'error_rgb', 'overlay_mask',
-           'render_panels', 'loss_plot_png', 'embedding_plot']
+__all__ = ['PANEL_TITLES', 'bands_to_rgb', 'to_pil', 'to_png', 'png_size', 'crop_region', 'stretch_limits', 'error_rgb',
+           'overlay_mask', 'psnr_per_sample', 'render_panels', 'loss_plot_png', 'curves_figure', 'curves_png',
+           'embedding_plot']
 
 # %% ../nbs/10a_render.ipynb #cfc73281
 def bands_to_rgb(
@@ -100,7 +102,21 @@ def overlay_mask(rgb:np.ndarray, # (H,W,3) float in [0,1]
     m = (mask.reshape(mask.shape[-2:]).float().numpy() > 0.5)[..., None]
     return np.where(m, (1 - alpha) * rgb + alpha * np.asarray(color), rgb)
 
+# %% ../nbs/10a_render.ipynb #8417ebc4
+def psnr_per_sample(pred:torch.Tensor, # (B,C,H,W) prediction, raw units
+                    target:torch.Tensor, # (B,C,H,W) target, raw units
+                    value_range=(0.0, 1.0), # (low, high): the data range PSNR is relative to
+                   )->list[float]:
+    "Each sample's PSNR in dB over all its bands and pixels (the number written on validation panels)."
+    if pred.shape != target.shape: raise ValueError(f"Expected `pred` and `target` of one shape but got {tuple(pred.shape)} and {tuple(target.shape)}")
+    rng = float(value_range[1]) - float(value_range[0])
+    mse = ((pred.detach().double() - target.detach().double()) ** 2).flatten(1).mean(1)
+    return (10 * torch.log10(rng ** 2 / mse.clamp_min(1e-20))).tolist()
+
 # %% ../nbs/10a_render.ipynb #05255b65
+PANEL_TITLES = {"lr (bicubic)": "LR (bicubic)", "sr": "SR", "hr": "HR", "|sr - hr|": "|SR − HR|", "lr": "LR",
+                "masked input": "masked input", "|error| in hole": "|error| in hole"}  # column labels of the tasks' panels
+
 def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images in raw units
                   value_range=(0.0, 1.0), # (low, high) of the raw data
                   bands:Sequence[int]|None=None, # 1 or 3 band indices shown as RGB (None = first 3)
@@ -110,6 +126,8 @@ def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images 
                   labels:bool=False, # a header row naming each column (tiles enlarged to at least `min_tile` px for it)
                   min_tile:int=96, # with labels: enlarge tiles (nearest, integer factor) to at least this width
                   row_labels:Sequence[str]|None=None, # a line of text under each sample's row (e.g. its prompt)
+                  notes:Mapping[str, Sequence[str]]|None=None, # panel name -> a short text per sample, written in the tile's corner (e.g. its PSNR)
+                  titles:Mapping[str, str]|None=None, # panel name -> column label (default: `PANEL_TITLES`, else the name)
                  )->np.ndarray:
     "An (H,W,3) uint8 grid: one row per sample, one column per panel, a fixed band mapping."
     if not panels: raise ValueError("Expected at least one panel but got none")
@@ -127,17 +145,18 @@ def render_panels(panels:Mapping[str, torch.Tensor], # name -> (B,C,H,W) images 
             b = bands if bands is not None and x.shape[0] > max(bands) else ((0, 1, 2) if x.shape[0] >= 3 else (0, 0, 0))
             grid[i * (H + pad):i * (H + pad) + H, j * (W + pad):j * (W + pad) + W] = bands_to_rgb(x, b, rng)
     out = (grid * 255).round().astype(np.uint8)
-    if labels: out = _labelled(out, names, H, W, pad, min_tile)
+    f = max(1, -(-min_tile // W)) if labels else 1
+    if labels: out = _labelled(out, [{**PANEL_TITLES, **(titles or {})}.get(k, k) for k in names], H, W, pad, min_tile)
+    if notes: out = _noted(out, names, notes, n, H * f, W * f, pad, 14 if labels else 0)
     if row_labels is not None:
         if len(row_labels) < n: raise ValueError(f"Expected a row label per sample ({n}) but got {len(row_labels)}")
-        f = max(1, -(-min_tile // W)) if labels else 1
         out = _row_labelled(out, list(row_labels)[:n], H * f, pad, 14 if labels else 0)
     return out
 
 # %% ../nbs/10a_render.ipynb #e24ae98e
 def _labelled(grid:np.ndarray, names:Sequence[str], H:int, W:int, pad:int, min_tile:int)->np.ndarray:
     "The grid with tiles enlarged to `min_tile` px (nearest) and a white header row naming each column."
-    from PIL import ImageDraw, ImageFont
+    from PIL import ImageDraw
     f = max(1, -(-min_tile // W))
     rows = (grid.shape[0] + pad) // (H + pad)
     tiles = [[grid[i * (H + pad):i * (H + pad) + H, j * (W + pad):j * (W + pad) + W] for j in range(len(names))]
@@ -148,15 +167,36 @@ def _labelled(grid:np.ndarray, names:Sequence[str], H:int, W:int, pad:int, min_t
             big[i * (H * f + pad):i * (H * f + pad) + H * f, j * (W * f + pad):j * (W * f + pad) + W * f] = \
                 t.repeat(f, 0).repeat(f, 1)
     head = Image.new("RGB", (big.shape[1], 14), "white")
-    draw, font = ImageDraw.Draw(head), ImageFont.load_default()
+    draw, font = ImageDraw.Draw(head), _font()
     for j, name in enumerate(names): draw.text((j * (W * f + pad) + 2, 1), str(name), fill="black", font=font)
     return np.concatenate([np.asarray(head), big])
+
+def _font(size:int=11):
+    "Pillow's own font (scalable from Pillow 10.1, else its bitmap font): nothing to install or download."
+    from PIL import ImageFont
+    try: return ImageFont.load_default(size=size)
+    except TypeError: return ImageFont.load_default()
+
+def _noted(grid:np.ndarray, names:Sequence[str], notes:Mapping[str, Sequence[str]], n:int, h:int, w:int, pad:int, top:int)->np.ndarray:
+    "The grid with each note written on a dark strip in the top-left corner of its tile."
+    from PIL import ImageDraw
+    img = Image.fromarray(grid); draw, font = ImageDraw.Draw(img), _font()
+    for j, name in enumerate(names):
+        texts = notes.get(name)
+        if texts is None: continue
+        if len(texts) < n: raise ValueError(f"Expected a note per sample ({n}) for panel {name!r} but got {len(texts)}")
+        for i in range(n):
+            x, y = j * (w + pad), top + i * (h + pad)
+            box = draw.textbbox((x + 3, y + 2), str(texts[i]), font=font)
+            draw.rectangle((box[0] - 2, box[1] - 1, min(box[2] + 2, x + w - 1), box[3] + 1), fill=(0, 0, 0))
+            draw.text((x + 3, y + 2), str(texts[i]), fill=(255, 255, 255), font=font)
+    return np.asarray(img)
 
 def _row_labelled(grid:np.ndarray, texts:Sequence[str], row_h:int, pad:int, top:int)->np.ndarray:
     "The grid with a white strip of (wrapped, at most two lines of) text under each row of tiles."
     import textwrap
-    from PIL import ImageDraw, ImageFont
-    font, width = ImageFont.load_default(), grid.shape[1]
+    from PIL import ImageDraw
+    font, width = _font(), grid.shape[1]
     chars = max(4, width // 6)                 # the default bitmap font is about 6 px per character
     parts = [grid[:top]] if top else []
     for i, text in enumerate(texts):
@@ -208,6 +248,61 @@ def loss_plot_png(df, # the metric DataFrame (index = step), e.g. `DataFrameLogg
         ax2.set_xticks([]); ax2.set_yticks([])
     for a in (ax1, ax2): a.tick_params(labelsize=7)
     buf = io.BytesIO(); fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+# %% ../nbs/10a_render.ipynb #5a235aa0
+_BASELINE_WORDS = ("bicubic", "biharmonic", "mean_fill", "smooth_fill", "baseline")
+
+def _series(df, key):
+    if df is None or key not in df: return None
+    s = pd.to_numeric(df[key], errors="coerce").dropna()
+    return s if not s.empty else None
+
+def curves_figure(df:pd.DataFrame, # metric history, index = generator step (`DataFrameLogger.df`, metrics.csv)
+                  loss_keys:Sequence[str]=("train/loss_g", "train/loss_d", "train/l1"), # left: training losses
+                  d_keys:Sequence[str]=("train/d_real", "train/d_fake"), # middle: the discriminator's view
+                  val_keys:Sequence[str]|None=None, # right: validation values (None: val/psnr and its baselines, else every val/psnr*)
+                  smooth:int=20, # rolling-mean window for training values
+                  title:str|None=None, # a title over the three plots
+                  size=(12.0, 3.4), dpi:int=100):
+    "A matplotlib Figure of a run's curves: losses, D(real)/D(fake), and the validation metric with its baseline dashed."
+    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    fig = Figure(figsize=size, dpi=dpi, layout="constrained"); FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    def draw_train(ax, keys, empty, ylabel, log=False):
+        found = [(k, s) for k in keys if (s := _series(df, k)) is not None]
+        for k, s in found:
+            line, = ax.plot(s.index, s.values, alpha=0.25, lw=0.8)
+            ax.plot(s.index, s.rolling(smooth, min_periods=1).mean().values, color=line.get_color(), lw=1.6,
+                    label=k.split("/", 1)[-1])
+        if found:
+            ax.legend(fontsize=8); ax.set_ylabel(ylabel, fontsize=9)
+            if log and all((s > 0).all() for _, s in found): ax.set_yscale("log")
+        else: ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+    draw_train(axes[0], loss_keys, "no training losses logged", "loss", log=True)
+    draw_train(axes[1], d_keys, "no discriminator steps logged", "D(·): mean probability of real")
+    if any(_series(df, k) is not None for k in d_keys): axes[1].set_ylim(-0.02, 1.02); axes[1].axhline(0.5, color="grey", lw=0.6, ls=":")
+    if val_keys is None:
+        cols = [c for c in (df.columns if df is not None else []) if str(c).startswith("val/psnr")]
+        val_keys = ["val/psnr", *[c for c in cols if c != "val/psnr" and any(w in c for w in _BASELINE_WORDS)]] if "val/psnr" in cols else cols
+    drawn = 0
+    for k in val_keys:
+        s = _series(df, k)
+        if s is None: continue
+        base = any(w in k for w in _BASELINE_WORDS)
+        axes[2].plot(s.index, s.values, ls="--" if base else "-", marker=None if base else "o", ms=3, lw=1.2 if base else 1.6,
+                     color="grey" if base else None, label=k.split("/", 1)[-1]); drawn += 1
+    if drawn: axes[2].legend(fontsize=8); axes[2].set_ylabel("dB" if any("psnr" in k for k in val_keys) else "", fontsize=9)
+    else: axes[2].text(0.5, 0.5, "no validation logged", ha="center", va="center", transform=axes[2].transAxes, fontsize=9)
+    for ax, name in zip(axes, ("losses", "discriminator", "validation")):
+        ax.set_title(name, fontsize=10); ax.set_xlabel("generator step", fontsize=9); ax.tick_params(labelsize=8)
+    if title: fig.suptitle(title, fontsize=10)
+    return fig
+
+def curves_png(df:pd.DataFrame, **kwargs)->bytes:
+    "`curves_figure` as PNG bytes."
+    buf = io.BytesIO(); curves_figure(df, **kwargs).savefig(buf, format="png")
     return buf.getvalue()
 
 # %% ../nbs/10a_render.ipynb #dc8b96b7

@@ -35,7 +35,7 @@ def tiny_config(samples:str|Path|None=None, # the shipped data_samples folder (f
             "Discriminator": {"model_type": "patchgan", "base_channels": 8, "n_blocks": 2},
             "Training": {"max_steps": 12, "g_pretrain_steps": 4, "adv_loss_ramp_steps": 4, "seed": 0,
                          "Losses": {"adv_loss_beta": 0.01}},
-            "Schedulers": {"decay": "none"}, "Logging": {"num_val_images": 2},
+            "Schedulers": {"decay": "none"}, "Logging": {"num_val_images": 2, "curves": False},
             "Trainer": {"accelerator": "cpu", "devices": 1, "enable_progress_bar": False, "enable_model_summary": False,
                         "num_sanity_val_steps": 0}}
     if task == "inpaint":

@@ -16,6 +16,7 @@ import lightning as L
 import pandas as pd
 import torch
 
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.plugins.io import CheckpointIO
 
 from .config import SPEC_KEYS, Config, ConfigError, ConfigWarning, is_class_spec
@@ -23,16 +24,20 @@ from .registry import import_object
 from .config import load_config, save_config
 from .steps import StepPlan
 from .data import GANDataModule, check_paths
+from .images import DataError
 from .module import GANModule
 from .loggers import DataFrameLogger
 from .callbacks import GANCheckpoint, build_callbacks
+from .progress import CurvesPlot, StepProgress
+from .render import curves_figure
 from .checkpoint import CheckpointError, GANCheckpointIO, ema_state, load_state_file, read_checkpoint
 from .checkpoint import state_part, write_weight_files
 
 # %% auto #0
 __all__ = ['PRECISION', 'build_object', 'strategy_for', 'extra_objects', 'build_logger', 'new_run_dir', 'run_dir_of',
-           'launched_as_worker', 'RunDirSync', 'trainer_kwargs', 'build_trainer', 'Run', 'load_weights',
-           'load_discriminator_weights', 'prepare', 'fit', 'StopOnRequest', 'BackgroundRun', 'fit_in_background']
+           'launched_as_worker', 'RunDirSync', 'trainer_kwargs', 'build_trainer', 'Run', 'read_metrics', 'plot_run',
+           'load_weights', 'load_discriminator_weights', 'prepare', 'fit', 'StopOnRequest', 'BackgroundRun',
+           'fit_in_background']
 
 # %% ../nbs/11_trainer.ipynb #400c1a02
 PRECISION = {32: "32-true", 16: "16-mixed", "bf16": "bf16-mixed"}
@@ -148,6 +153,18 @@ class RunDirSync(L.Callback):
         self.run.run_dir = Path(trainer.strategy.broadcast(str(self.run.run_dir), src=0))
 
 # %% ../nbs/11_trainer.ipynb #8cdc9008
+def _add_progress(cfg:Config, kw:dict):
+    "Progress in generator steps (`Logging.progress`) instead of Lightning's per-epoch bars, unless bars are off or the user brings one."
+    if any(isinstance(c, ProgressBar) for c in kw["callbacks"]): return
+    if cfg.Logging.progress == "none": kw.setdefault("enable_progress_bar", False); return
+    if kw.get("enable_progress_bar", True) is False: return
+    kw["callbacks"].append(StepProgress.from_config(cfg))
+
+def _add_curves(cfg:Config, kw:dict, run_dir:Path):
+    "`images/curves.png` after each validation and at the end (`Logging.curves`), unless you pass a CurvesPlot of your own."
+    if cfg.Logging.curves and not any(isinstance(c, CurvesPlot) for c in kw["callbacks"]):
+        kw["callbacks"].append(CurvesPlot(Path(run_dir) / "images" / "curves.png"))
+
 def trainer_kwargs(cfg:Config, run_dir:Path, callbacks:Sequence=(), logger=None)->dict:
     "Keyword arguments for `lightning.Trainer` from the config (pass-through last)."
     t, plan = cfg.Training, StepPlan.from_config(cfg)
@@ -165,6 +182,7 @@ def trainer_kwargs(cfg:Config, run_dir:Path, callbacks:Sequence=(), logger=None)
     if t.val_every_n_steps and not own_val:
         kw.update(val_check_interval=t.val_every_n_steps * plan.batches_per_step, check_val_every_n_epoch=None)
     kw.update({k: v for k, v in cfg.Trainer.items() if k not in ("callbacks", "logger", "strategy", "plugins")})
+    _add_progress(cfg, kw); _add_curves(cfg, kw, run_dir)
     if is_class_spec(kw.get("profiler")): kw["profiler"] = build_object(kw["profiler"], "Trainer.profiler", SPEC_KEYS["profiler"])
     return kw
 
@@ -199,7 +217,32 @@ class Run:
         "Metric history as a DataFrame (live while training, with the csv logger)."
         lg = self.trainer.logger
         if isinstance(lg, DataFrameLogger): return lg.df
+        if (self.run_dir / "metrics.csv").is_file(): return read_metrics(self.run_dir)
         return pd.DataFrame([{k: float(v) for k, v in self.trainer.callback_metrics.items()}])
+
+    def plot(self, **kwargs):
+        "The run's curves (`gan_engine.render.curves_figure`: losses, D(real)/D(fake), validation with its baseline) as a Figure."
+        return curves_figure(self.metrics, **{"title": self.run_dir.name, **kwargs})
+
+# %% ../nbs/11_trainer.ipynb #1750bac3
+def read_metrics(run_dir:str|Path, # a run directory (or its metrics.csv)
+                )->pd.DataFrame:
+    "A run's metric history from its `metrics.csv` (index: generator step), as `Run.metrics` holds it while training."
+    p = Path(run_dir)
+    path = p if p.suffix == ".csv" else p / "metrics.csv"
+    if not path.is_file():
+        why = "no such folder" if not p.exists() else f"it has no {path.name} (the csv logger writes it: Logging.logger: csv)"
+        raise FileNotFoundError(f"Expected a run directory with metrics.csv but '{p}': {why}")
+    try: df = pd.read_csv(path, index_col="step")
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"Expected '{path}' to be a metrics.csv written by gan_engine (a 'step' column, one per metric) but could not read it: {e}") from None
+    return df.sort_index()
+
+def plot_run(run_dir:str|Path, # a finished (or running) run's directory
+             **kwargs, # passed to `curves_figure`
+            ):
+    "The curves of any run from its `metrics.csv`: what `images/curves.png` shows, as a matplotlib Figure."
+    return curves_figure(read_metrics(run_dir), **{"title": Path(run_dir).name, **kwargs})
 
 # %% ../nbs/11_trainer.ipynb #bf8a995c
 def _weights_file(path:str|Path):

@@ -20,6 +20,10 @@ fi
 echo "== nbdev-test (all notebooks, flags: ${NBDEV_TEST_FLAGS:-slow})"
 nbdev-test --n-workers 2 --flags "${NBDEV_TEST_FLAGS:-slow}" --timing || { echo "nbdev-test failed"; exit 1; }
 
+echo "== docs site: python docs/build.py (every notebook executed into a page, the config reference, links checked)"
+python docs/build.py --flags "${NBDEV_TEST_FLAGS:-slow}" || { echo "docs site build failed"; exit 1; }
+export GAN_ENGINE_SITE_BUILT=1   # the browser test then requires _site/ and opens it in Chromium
+
 echo "== pytest (browser test: ${GAN_ENGINE_BROWSER_TESTS:+on}${GAN_ENGINE_BROWSER_TESTS:-off; set GAN_ENGINE_BROWSER_TESTS=1 with Chromium installed})"
 python -m pytest tests -p no:cacheprovider
 rc=$?
