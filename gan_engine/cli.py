@@ -32,12 +32,14 @@ def _sr_preset(s:Path)->dict:
             "Generator": {"model_type": "srresnet", "block_type": "res", "n_channels": 32, "n_blocks": 4,
                           "global_residual": "bicubic"},
             "Discriminator": {"model_type": "patchgan", "base_channels": 32, "n_blocks": 3},
-            "Training": {"max_steps": 600, "g_pretrain_steps": 500, "adv_loss_ramp_steps": 50, "val_every_n_steps": 150,
+            # 1200 steps at 1e-3: +1.0 dB over bicubic on held-out photographs against +0.8 dB for 600 at 5e-4; wider
+            # (48 channels) or deeper (6 blocks) networks in the same time did no better (benchmarks/quickstart_quality.py)
+            "Training": {"max_steps": 1200, "g_pretrain_steps": 1100, "adv_loss_ramp_steps": 50, "val_every_n_steps": 300,
                          "EMA": {"decay": 0.99}, "Losses": {"l1_weight": 1.0, "adv_loss_beta": 1e-3}},
-            "Optimizers": {"optim_g_lr": 5e-4, "betas": [0.9, 0.99]},
+            "Optimizers": {"optim_g_lr": 1e-3, "betas": [0.9, 0.99]},
             "Schedulers": {"decay": "cosine", "g_warmup_steps": 20},
             "Callbacks": {"checkpoint": {"monitor": "val/psnr", "mode": "max", "save_top_k": 2}},
-            "Logging": {"output_dir": "runs/quickstart", "images_every_n_steps": 150}}
+            "Logging": {"output_dir": "runs/quickstart", "images_every_n_steps": 300}}
 
 def _inpaint_preset(s:Path)->dict:
     # the same photographs, 64-px crops with generated holes (5-25 %), a 3-level U-Net that sees the smooth fill and the

@@ -127,8 +127,8 @@ def _write_run(module:GANModule, cfg:Config, run:Path, state:Mapping, notes:list
     "Save the module as the run's last.ckpt (with Lightning's counters at its generator step) and its config."
     (run / "checkpoints").mkdir(parents=True, exist_ok=True)
     save_config(cfg, run / "config.yaml")
-    trainer = L.Trainer(**{**trainer_kwargs(cfg, run, [EMACallback()] if module.ema is not None else [], logger=False),
-                           "enable_progress_bar": False, "enable_model_summary": False})
+    trainer = L.Trainer(**trainer_kwargs(cfg, run, [EMACallback()] if module.ema is not None else [], logger=False,
+                                         enable_progress_bar=False, enable_model_summary=False))
     trainer.strategy.connect(module)
     opts = module.configure_optimizers()[0]
     saved = list(state.get("optimizer_states") or [])

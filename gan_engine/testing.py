@@ -66,8 +66,9 @@ def fit_tiny(config:Config|Sequence[str]=(), # a Config, or overrides of `tiny_c
     run_dir = Path(run_dir) if run_dir is not None else Path(tempfile.mkdtemp(prefix="gan_engine-tiny-"))
     L.seed_everything(cfg.Training.seed, verbose=False)
     module = module(cfg) if isinstance(module, type) else module if module is not None else GANModule(cfg)
-    kw = trainer_kwargs(cfg, run_dir, callbacks)
-    if any(isinstance(c, ModelCheckpoint) for c in callbacks): kw["enable_checkpointing"] = True
-    trainer = L.Trainer(**{**kw, **trainer_overrides})
+    kw = trainer_kwargs(cfg, run_dir, callbacks, **trainer_overrides)
+    if any(isinstance(c, ModelCheckpoint) for c in callbacks) and "enable_checkpointing" not in trainer_overrides:
+        kw["enable_checkpointing"] = True
+    trainer = L.Trainer(**kw)
     trainer.fit(module, datamodule=GANDataModule(cfg), ckpt_path=ckpt_path, weights_only=True)
     return module, trainer

@@ -165,8 +165,10 @@ def _add_curves(cfg:Config, kw:dict, run_dir:Path):
     if cfg.Logging.curves and not any(isinstance(c, CurvesPlot) for c in kw["callbacks"]):
         kw["callbacks"].append(CurvesPlot(Path(run_dir) / "images" / "curves.png"))
 
-def trainer_kwargs(cfg:Config, run_dir:Path, callbacks:Sequence=(), logger=None)->dict:
-    "Keyword arguments for `lightning.Trainer` from the config (pass-through last)."
+def trainer_kwargs(cfg:Config, run_dir:Path, callbacks:Sequence=(), logger=None,
+                   **overrides, # lightning.Trainer keywords over the config's (e.g. `enable_progress_bar=False`)
+                  )->dict:
+    "Keyword arguments for `lightning.Trainer` from the config (pass-through, then `overrides`, last)."
     t, plan = cfg.Training, StepPlan.from_config(cfg)
     own = logger if logger is not None else build_logger(cfg, run_dir)
     loggers = [lg for lg in [own, *extra_objects(cfg, "logger")] if lg is not False]
@@ -182,6 +184,7 @@ def trainer_kwargs(cfg:Config, run_dir:Path, callbacks:Sequence=(), logger=None)
     if t.val_every_n_steps and not own_val:
         kw.update(val_check_interval=t.val_every_n_steps * plan.batches_per_step, check_val_every_n_epoch=None)
     kw.update({k: v for k, v in cfg.Trainer.items() if k not in ("callbacks", "logger", "strategy", "plugins")})
+    kw.update(overrides)   # before the progress display is chosen: it follows the final enable_progress_bar
     _add_progress(cfg, kw); _add_curves(cfg, kw, run_dir)
     if is_class_spec(kw.get("profiler")): kw["profiler"] = build_object(kw["profiler"], "Trainer.profiler", SPEC_KEYS["profiler"])
     return kw
@@ -192,7 +195,7 @@ def build_trainer(cfg:Config, # validated config
                   **overrides, # any lightning.Trainer keyword, over the config's
                  )->L.Trainer:
     "A `lightning.Trainer` set up from the config."
-    return L.Trainer(**{**trainer_kwargs(cfg, Path(run_dir), callbacks), **overrides})
+    return L.Trainer(**trainer_kwargs(cfg, Path(run_dir), callbacks, **overrides))
 
 # %% ../nbs/11_trainer.ipynb #51aeefa3
 @dataclass
@@ -314,7 +317,7 @@ def prepare(config:Config|dict|str|None=None, # config, dict or YAML path (None 
     if cfg.Model.load_discriminator: load_discriminator_weights(module, cfg.Model.load_discriminator)
     logger = build_logger(cfg, run_dir, resume=bool(resume))
     sync = RunDirSync()
-    trainer = L.Trainer(**{**trainer_kwargs(cfg, run_dir, [*callbacks, sync], logger), **trainer_overrides})
+    trainer = L.Trainer(**trainer_kwargs(cfg, run_dir, [*callbacks, sync], logger, **trainer_overrides))
     run = Run(run_dir, module, trainer, dm, str(resume) if resume else None)
     sync.run = run
     return run

@@ -8,8 +8,8 @@ plots), and each must render:
 - the page title and the first heading are the notebook's title;
 - the Material theme's stylesheet applied (the header bar has a height and a fixed/sticky position);
 - at least one rendered code cell: a `pre > code` block with syntax-highlighting spans;
-- the module page: an image from the notebook's outputs, loaded (`naturalWidth > 0`), and a `show_doc`
-  parameter table;
+- the module page: an image from the notebook's outputs, loaded (`naturalWidth > 0`), and `show_doc`
+  entries (a heading with the symbol's anchor, then its signature with the documented parameters);
 - no broken images on either page, and no JavaScript errors.
 
     .venv/bin/python tests/browser/site_check.py [--site _site] [--page render.html] [--out DIR]
@@ -52,6 +52,8 @@ PAGE_FACTS = """() => {
     highlighted: document.querySelectorAll('.md-content .highlight pre code span[class]').length,
     images: imgs.map(i => ({src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth})),
     tables: document.querySelectorAll('.md-content table').length,
+    show_docs: [...document.querySelectorAll('.md-content h3[id]')].filter(h => {
+      const next = h.nextElementSibling; return next && /\bdef |\bclass /.test(next.textContent); }).length,
     nav_links: document.querySelectorAll('.md-nav a.md-nav__link').length,
   };
 }"""
@@ -67,6 +69,7 @@ def check_page(page, url:str, want_image:bool, out:Path, shot:str)->list[str]:
     name = url.rsplit("/", 1)[-1] or "index.html"
     log(f"{name}: title {facts['title']!r}, h1 {facts['h1'].strip()!r}, {facts['code_blocks']} code blocks "
         f"({facts['highlighted']} highlighted spans), {len(facts['images'])} images, {facts['tables']} tables, "
+        f"{facts['show_docs']} show_doc entries, "
         f"{facts['nav_links']} nav links")
     fails = []
     h1 = facts["h1"].replace("¶", "").strip()
@@ -79,7 +82,7 @@ def check_page(page, url:str, want_image:bool, out:Path, shot:str)->list[str]:
     if broken: fails.append(f"{name}: images that did not load: {broken[:5]}")
     if want_image:
         if not [i for i in facts["images"] if i["width"] > 0]: fails.append(f"{name}: no image from the notebook's outputs")
-        if facts["tables"] < 1: fails.append(f"{name}: no show_doc table")
+        if facts["show_docs"] < 3: fails.append(f"{name}: {facts['show_docs']} show_doc entries (a heading, then the signature)")
     if facts["nav_links"] < 10: fails.append(f"{name}: the navigation lists {facts['nav_links']} pages")
     if errors: fails.append(f"{name}: JavaScript errors: {errors[:3]}")
     return fails
