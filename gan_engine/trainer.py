@@ -317,7 +317,9 @@ def prepare(config:Config|dict|str|None=None, # config, dict or YAML path (None 
     if cfg.Model.load_discriminator: load_discriminator_weights(module, cfg.Model.load_discriminator)
     logger = build_logger(cfg, run_dir, resume=bool(resume))
     sync = RunDirSync()
-    trainer = L.Trainer(**trainer_kwargs(cfg, run_dir, [*callbacks, sync], logger, **trainer_overrides))
+    kw = trainer_kwargs(cfg, run_dir, [*callbacks, sync], logger, **{k: v for k, v in trainer_overrides.items() if k != "logger"})
+    if "logger" in trainer_overrides: kw["logger"] = trainer_overrides["logger"]   # yours replaces the config's
+    trainer = L.Trainer(**kw)
     run = Run(run_dir, module, trainer, dm, str(resume) if resume else None)
     sync.run = run
     return run

@@ -53,7 +53,7 @@ PAGE_FACTS = """() => {
     images: imgs.map(i => ({src: i.getAttribute('src'), complete: i.complete, width: i.naturalWidth})),
     tables: document.querySelectorAll('.md-content table').length,
     show_docs: [...document.querySelectorAll('.md-content h3[id]')].filter(h => {
-      const next = h.nextElementSibling; return next && /\bdef |\bclass /.test(next.textContent); }).length,
+      const next = h.nextElementSibling; return next && /(^|\\s)(def|class) /.test(next.textContent); }).length,
     nav_links: document.querySelectorAll('.md-nav a.md-nav__link').length,
   };
 }"""
