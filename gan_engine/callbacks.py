@@ -216,8 +216,13 @@ def checkpoint_callbacks(cfg:Config, # validated config (`Callbacks.checkpoint`)
     cbs = [GANCheckpoint(d, filename=f"step={{step}}-{safe}={{{c.monitor}:.4f}}", monitor=c.monitor, mode=c.mode,
                          save_top_k=c.save_top_k, save_last=True, auto_insert_metric_name=False,
                          weights_format=c.weights_format)]
+    if c.keep_last is not None and not c.every_n_steps:
+        raise ConfigError(f"Callbacks.checkpoint.keep_last: {c.keep_last} keeps the last periodic checkpoints, but there are "
+                          f"none: set Callbacks.checkpoint.every_n_steps too (or keep_last: null)")
     if c.every_n_steps:
-        cbs.append(GANCheckpoint(d, filename="periodic-step={step}", monitor=None, save_top_k=-1, save_last=False,
+        # Lightning offers `step` as a metric to every checkpoint callback: ranked by it, top-k is the last k
+        keep = dict(monitor="step", mode="max", save_top_k=c.keep_last) if c.keep_last else dict(monitor=None, save_top_k=-1)
+        cbs.append(GANCheckpoint(d, filename="periodic-step={step}", **keep, save_last=False,
                                  every_n_train_steps=c.every_n_steps, auto_insert_metric_name=False,
                                  config_key="Callbacks.checkpoint.every_n_steps", weights_format=c.weights_format))
     return cbs

@@ -141,6 +141,8 @@ def _parser()->argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     tr = sub.add_parser("train", help="train from a config (default: the SR quickstart)")
     common(tr); tr.add_argument("--resume", metavar="CKPT", help="continue a run from its checkpoint")
+    tr.add_argument("--auto-resume", action="store_true",
+                    help="continue the newest run of the config's Logging.output_dir from its last checkpoint (a new run if there is none)")
     va = sub.add_parser("validate", help="validate a checkpoint on the config's validation data")
     common(va); va.add_argument("--ckpt", required=True, help="checkpoint to evaluate")
     pr = sub.add_parser("predict", help="super-resolve (or inpaint) a file or folder, or generate from prompts, with a checkpoint")
@@ -172,6 +174,13 @@ def _parser()->argparse.ArgumentParser:
     im.add_argument("--output", required=True, help="the run directory to create")
     im.add_argument("--value-range", nargs=2, type=float, metavar=("LOW", "HIGH"), help="raw data range (default: Data.value_range)")
     im.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    ex = sub.add_parser("export", help="write a checkpoint's generator (EMA weights by default) as ONNX or a self-contained safetensors file")
+    ex.add_argument("--ckpt", required=True, help="the run's checkpoint (.ckpt)")
+    ex.add_argument("--format", required=True, choices=("onnx", "safetensors"), help="onnx (raw LR in, raw SR out, any size) or safetensors")
+    ex.add_argument("--output", help="the file to write (default: beside the checkpoint, <name>.ema.<format> or <name>.raw.<format>)")
+    ex.add_argument("--raw", action="store_true", help="the training weights instead of the EMA weights")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    ex.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     pl = sub.add_parser("plot", help="draw a run's curves (losses, D(real)/D(fake), validation with its baseline) from its metrics.csv")
     pl.add_argument("run_dir", help="the run directory (or its metrics.csv)")
     pl.add_argument("--output", help="the PNG to write (default: RUN_DIR/images/curves.png, the file training keeps up to date)")
@@ -194,10 +203,32 @@ def _config(args, ckpt:str|None=None)->Config:
         return load_config(stored, args.overrides)
     return quickstart_config(args.overrides, preset=preset or "sr")
 
+def _auto_resume(args)->str|None:
+    "The checkpoint `--auto-resume` continues: the newest of the runs in the output folder the config names."
+    from gan_engine.trainer import resumable_checkpoint
+    if args.resume: raise ConfigError("--auto-resume: finds the checkpoint itself; leave --resume out (or use --resume alone)")
+    out = _config(args).Logging.output_dir
+    ckpt = resumable_checkpoint(out)
+    print(f"Auto-resume: continuing {ckpt}" if ckpt else f"Auto-resume: no run with a checkpoint in {out} (or its numbered siblings); starting a new one")
+    return str(ckpt) if ckpt else None
+
 def _train(args)->Path:
-    from gan_engine.trainer import fit
-    if args.resume and not Path(args.resume).is_file(): raise FileNotFoundError(f"checkpoint {args.resume!r} does not exist")
-    run = fit(_config(args, args.resume), resume=args.resume)
+    from gan_engine.trainer import StopOnRequest, fit, stop_on_signals
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    resume = _auto_resume(args) if args.auto_resume else args.resume
+    if resume and not Path(resume).is_file(): raise FileNotFoundError(f"checkpoint {resume!r} does not exist")
+    cfg = _config(args, resume)
+    stopper = StopOnRequest()
+    try:
+        with stop_on_signals(stopper): run = fit(cfg, resume=resume, callbacks=[stopper])
+    except SIGTERMException:   # Lightning ends the run itself after a SIGTERM, once the step (and our checkpoint) is done
+        args.exit_status = 128 + 15
+        if stopper.saved is None: raise RuntimeError("SIGTERM during validation: no checkpoint was written; the newest is last.ckpt") from None
+        print(f"Stopped by SIGTERM: checkpoint {stopper.saved}; `gan-engine train --auto-resume` (or --resume it) continues")
+        return stopper.saved.parent.parent
+    if stopper.saved is not None:
+        args.exit_status = 128 + 2 if stopper.signal == "SIGINT" else 128 + 15
+        print(f"Stopped by {stopper.signal}: checkpoint {stopper.saved}; `gan-engine train --auto-resume` (or --resume it) continues")
     m = run.trainer.callback_metrics
     if "val/adherence_all" in m:
         each = ", ".join(f"{a} {float(m[f'val/adherence_{a}']):.0%}" for a in ("colour", "shape", "position", "size"))
@@ -293,9 +324,20 @@ def _plot(args)->Path:
     print(f"Curves of {run.name}: {steps} generator steps, {0 if vals is None else len(vals)} validations{last}; written to {out}")
     return run
 
+def _export(args)->Path:
+    from gan_engine.export import export_generator
+    ckpt = Path(args.ckpt)
+    if not ckpt.is_file(): raise FileNotFoundError(f"checkpoint {args.ckpt!r} does not exist")
+    out = Path(args.output) if args.output else ckpt.with_name(f"{ckpt.stem}.{'raw' if args.raw else 'ema'}.{args.format}")
+    kw = {"opset": args.opset} if args.format == "onnx" else {}
+    path = export_generator(ckpt, out, format=args.format, raw=args.raw, **kw)
+    print(f"Exported the {'training' if args.raw else 'EMA'} generator of {ckpt.name} as {args.format}: {path} "
+          f"({path.stat().st_size / 2**20:.2f} MB)")
+    return path.parent
+
 def _run(args)->Path:
     return {"train": _train, "validate": _validate, "predict": _predict, "preview": _preview_cmd,
-            "import-opensr": _import_opensr, "plot": _plot}[args.command](args)
+            "import-opensr": _import_opensr, "plot": _plot, "export": _export}[args.command](args)
 
 # %% ../nbs/14_cli.ipynb #e3195f3e
 def _user_errors():
@@ -317,4 +359,4 @@ def main(argv:list[str]|None=None)->int:
         print(f"gan-engine {args.command}: error: {e}", file=sys.stderr)
         return 2
     print(f"Run directory: {out.resolve()}")
-    return 0
+    return getattr(args, "exit_status", 0)   # 130 / 143 after a stop by Ctrl+C / SIGTERM (the checkpoint is written)

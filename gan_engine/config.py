@@ -263,6 +263,7 @@ SCHEMA["Callbacks"] = {
         "mode": _key("max", "str", "better is higher or lower", choices=("min", "max")),
         "save_top_k": _key(3, "int", "best checkpoints kept (-1 = all)", lo=-1),
         "every_n_steps": _key(None, "int", "also save every N generator steps", lo=1, nullable=True),
+        "keep_last": _key(None, "int", "with every_n_steps: keep only the last N of those periodic checkpoints (beside the save_top_k best and last.ckpt); null = keep them all", lo=1, nullable=True),
         "weights_format": _key("pt", "str", "format of the generator weight files beside each checkpoint (safetensors needs the safetensors package)", choices=("pt", "safetensors", "both")),
     },
     "lr_monitor": _key(True, "bool", "log both optimisers' learning rates"),

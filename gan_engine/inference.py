@@ -6,13 +6,14 @@ Docs: https://gan-engine.github.io/gan_engine/inference.html.md"""
 
 # %% ../nbs/13_inference.ipynb #1b948999
 from __future__ import annotations
-import copy, math, warnings
+import copy, json, math, warnings
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 from PIL import Image
 from fastcore.basics import patch_to
@@ -509,7 +510,14 @@ def _weights_and_config(state, path:Path, raw:bool, config, value_range, trust_i
             value_range if value_range is not None else hp.get("value_range"), config is not None or trust_imports, weights)
 
 # %% ../nbs/13_inference.ipynb #a27dbcfa
-def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generator weights file (.generator[_ema].pt / .safetensors)
+def _exported_header(path:Path)->dict|None:
+    "The header of a safetensors file written by `gan_engine.export` (generator, statistics and config), else None."
+    try: from safetensors import safe_open
+    except ImportError: return None
+    with safe_open(str(path), "pt") as f: meta = f.metadata() or {}
+    return meta if meta.get("format") == "gan_engine.predictor" and meta.get("gan_engine.config") else None
+
+def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt), a generator weights file (.generator[_ema].pt / .safetensors) or an exported .safetensors
                    raw:bool=False, # use the training weights instead of the EMA weights (checkpoints only)
                    map_location:str|torch.device="cpu", # where tensors are loaded (torch.load)
                    device:str|torch.device|None=None, # where the generator runs; None = `map_location`
@@ -522,7 +530,13 @@ def load_predictor(ckpt:str|Path, # a GANModule checkpoint (.ckpt) or a generato
     "A `Predictor` from a checkpoint (EMA weights by default) or a generator weights file plus its config."
     path = Path(ckpt).expanduser()
     state = load_state_file(path, map_location) if path.suffix == ".safetensors" else read_checkpoint(path, map_location)
-    gen_sd, norm_sd, cfg_src, vr, trusted, weights = _weights_and_config(state, path, raw, config, value_range, trust_imports)
+    meta = _exported_header(path) if path.suffix == ".safetensors" and config is None else None
+    if meta is not None:   # written by `gan_engine.export`: weights, statistics and config in one file
+        part = lambda p: {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+        gen_sd, norm_sd, weights, trusted = part("generator."), part("normalisers.") or None, meta.get("gan_engine.weights", path.name), trust_imports
+        cfg_src = yaml.safe_load(meta["gan_engine.config"])
+        vr = value_range if value_range is not None else json.loads(meta.get("gan_engine.value_range") or "null")
+    else: gen_sd, norm_sd, cfg_src, vr, trusted, weights = _weights_and_config(state, path, raw, config, value_range, trust_imports)
     try: cfg = cfg_src if isinstance(cfg_src, Config) else load_config(cfg_src)
     except ConfigError as e:
         if config is not None: raise

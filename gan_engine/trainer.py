@@ -6,7 +6,8 @@ Docs: https://gan-engine.github.io/gan_engine/trainer.html.md"""
 
 # %% ../nbs/11_trainer.ipynb #a89ed1d5
 from __future__ import annotations
-import os, sys, threading, warnings
+import os, signal, sys, threading, warnings
+from contextlib import contextmanager
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,9 @@ from .checkpoint import state_part, write_weight_files
 
 # %% auto #0
 __all__ = ['PRECISION', 'build_object', 'strategy_for', 'extra_objects', 'build_logger', 'new_run_dir', 'run_dir_of',
-           'launched_as_worker', 'RunDirSync', 'trainer_kwargs', 'build_trainer', 'Run', 'read_metrics', 'plot_run',
-           'load_weights', 'load_discriminator_weights', 'prepare', 'fit', 'StopOnRequest', 'BackgroundRun',
-           'fit_in_background']
+           'launched_as_worker', 'RunDirSync', 'resumable_checkpoint', 'trainer_kwargs', 'build_trainer', 'Run',
+           'read_metrics', 'plot_run', 'load_weights', 'load_discriminator_weights', 'prepare', 'fit', 'StopOnRequest',
+           'stop_on_signals', 'BackgroundRun', 'fit_in_background']
 
 # %% ../nbs/11_trainer.ipynb #400c1a02
 PRECISION = {32: "32-true", 16: "16-mixed", "bf16": "bf16-mixed"}
@@ -151,6 +152,20 @@ class RunDirSync(L.Callback):
     def setup(self, trainer, pl_module, stage:str):
         if trainer.world_size <= 1 or self.run is None: return
         self.run.run_dir = Path(trainer.strategy.broadcast(str(self.run.run_dir), src=0))
+
+# %% ../nbs/11_trainer.ipynb #a85ed1b1
+def _runs_of(output_dir:str|Path)->list[Path]:
+    "`output_dir` and its numbered siblings (`run-2`, `run-3`, ...: what `new_run_dir` makes) that hold a run."
+    base = Path(output_dir)
+    found = [base] + [p for p in base.parent.glob(f"{base.name}-*") if p.name[len(base.name) + 1:].isdigit()]
+    return [p for p in found if (p / "config.yaml").is_file()]
+
+def resumable_checkpoint(output_dir:str|Path, # Logging.output_dir of the runs to look at
+                        )->Path|None:
+    "The newest checkpoint a run of `output_dir` can continue from: its `last.ckpt`, or a stop's checkpoint when newer."
+    found = [c for r in _runs_of(output_dir) for c in [r / "checkpoints" / "last.ckpt", *(r / "checkpoints").glob("stopped-step=*.ckpt")]
+             if c.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
 
 # %% ../nbs/11_trainer.ipynb #8cdc9008
 def _add_progress(cfg:Config, kw:dict):
@@ -336,7 +351,7 @@ def fit(config:Config|dict|str|None=None, # config, dict or YAML path (None = de
 # %% ../nbs/11_trainer.ipynb #8b5b1c80
 class StopOnRequest(L.Callback):
     "Ends training at the next generator step when `request()` was called (on any process), saving a checkpoint of that step."
-    def __init__(self): self._event = threading.Event(); self.saved = None
+    def __init__(self): self._event = threading.Event(); self.saved = None; self.signal = None; self._handlers = {}
     def request(self): self._event.set()
     @property
     def requested(self)->bool: return self._event.is_set()
@@ -345,6 +360,12 @@ class StopOnRequest(L.Callback):
     def _folder(trainer)->Path:
         ck = next((c for c in trainer.checkpoint_callbacks if isinstance(c, GANCheckpoint) and c.dirpath), None)
         return Path(ck.dirpath) if ck is not None else Path(trainer.default_root_dir) / "checkpoints"
+
+    def on_train_start(self, trainer, pl_module):
+        # Lightning puts its own SIGTERM handler first when training starts; it would end the run with an exception at a
+        # batch boundary, racing our checkpoint. With `stop_on_signals`, ours alone decide: a stop after the step, saved.
+        if self._handlers and threading.current_thread() is threading.main_thread():
+            for s, h in self._handlers.items(): signal.signal(s, h)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loop = trainer.fit_loop.epoch_loop  # between micro-batches of one generator step: not yet
@@ -360,6 +381,30 @@ class StopOnRequest(L.Callback):
             ck = next((c for c in trainer.checkpoint_callbacks if isinstance(c, GANCheckpoint)), None)
             write_weight_files(read_checkpoint(path), path, weights_format=ck.weights_format if ck else "pt")
         self.saved = path
+
+# %% ../nbs/11_trainer.ipynb #29707af9
+@contextmanager
+def stop_on_signals(stopper:StopOnRequest, # the run's stop callback (pass it to `fit`)
+                    signals:Sequence[int]=(signal.SIGINT, signal.SIGTERM), # what asks for the stop
+                    stream=None, # where the notice goes (default stderr)
+                   ):
+    """While the block runs, the first Ctrl+C (SIGINT) or SIGTERM asks `stopper` to end training after the current
+    generator step with a checkpoint (`stopped-step=N.ckpt`); a second Ctrl+C aborts at once. Main thread only."""
+    if threading.current_thread() is not threading.main_thread(): yield stopper; return
+    old = {s: signal.getsignal(s) for s in signals}
+    def handler(signum, frame):
+        if stopper.requested and signum == signal.SIGINT:   # pressed again: the usual KeyboardInterrupt
+            signal.signal(signal.SIGINT, signal.default_int_handler); raise KeyboardInterrupt
+        if stopper.signal is None: stopper.signal = signal.Signals(signum).name
+        stopper.request()
+        print(f"\n{signal.Signals(signum).name}: stopping after this generator step with a checkpoint"
+              + (" (Ctrl+C again to abort at once)" if signum == signal.SIGINT else ""), file=stream or sys.stderr, flush=True)
+    for s in signals: signal.signal(s, handler)
+    stopper._handlers = {s: handler for s in signals}   # re-installed over Lightning's when training starts
+    try: yield stopper
+    finally:
+        stopper._handlers = {}
+        for s, h in old.items(): signal.signal(s, h)
 
 # %% ../nbs/11_trainer.ipynb #7ae0a518
 class BackgroundRun:

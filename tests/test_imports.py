@@ -7,7 +7,7 @@ PKG = Path(__file__).resolve().parents[1] / "gan_engine"
 # every module, lowest first: a module may import only modules before it (no back edge, hence no cycle)
 ORDER = ["registry", "opensr", "shapes", "config", "steps", "images", "pretrained", "captions", "masks", "data", "checkpoint", "render", "normalise", "text", "opensr_nets", "generators",
          "discriminators", "losses", "ema", "tasks", "optim", "loggers", "module", "health", "callbacks", "progress", "trainer",
-         "inference", "opensr_import", "capture", "widgets", "cli", "testing"]
+         "inference", "export", "opensr_import", "capture", "widgets", "cli", "testing"]
 
 
 def imported(path: Path) -> set[str]:
