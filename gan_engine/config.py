@@ -82,6 +82,10 @@ SCHEMA["Data"] = {
         "blur_sigma": _key(0.0, "float", "Gaussian blur sigma (HR pixels) before downscaling", lo=0.0),
         "noise_std": _key(0.0, "float", "Gaussian noise std after downscaling, in raw value units", lo=0.0),
         "antialias": _key(True, "bool", "antialiased bicubic downscaling"),
+        "online": {
+            "enabled": _key(False, "bool", "sr training: make each training LR on the device from its HR crop with Real-ESRGAN's second-order degradation (blur, resize, noise, JPEG, twice, then sinc and resize; gan_engine.degrade; needs kornia); validation keeps the plain degradation above"),
+            "recipe": _key({}, "dict", "overrides of the degradation recipe: `first:` / `second:` stage fields (blur_prob, kernel_mix, kernel_size, sigma, beta_generalized, beta_plateau, sinc_prob, resize_probs, resize_range, gaussian_noise_prob, noise_sigma, poisson_scale, gray_noise_prob, jpeg_prob, jpeg_quality), second_prob, final_sinc_prob, resize_modes; {} = Real-ESRGAN's settings", open_dict=True),
+        },
     },
     "masks": {
         "source": _key("generate", "str", "inpaint: hole masks generated per sample, or read from files matched to the images by name stem", choices=("generate", "files")),

@@ -7,13 +7,16 @@ Docs: https://gan-engine.github.io/gan_engine/degrade.html.md"""
 # %% ../nbs/01d_degrade.ipynb #a5a76e23
 from __future__ import annotations
 import math, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
+from .registry import ConfigError
+
 # %% auto #0
-__all__ = ['KERNEL_KINDS', 'blur_kernel', 'sinc_kernel', 'StageRecipe', 'DegradationRecipe', 'sample_kernel', 'degrade_online']
+__all__ = ['KERNEL_KINDS', 'blur_kernel', 'sinc_kernel', 'StageRecipe', 'DegradationRecipe', 'sample_kernel', 'degrade_online',
+           'recipe_from_dict']
 
 # %% ../nbs/01d_degrade.ipynb #3fadb2cb
 KERNEL_KINDS = ("gaussian", "generalized", "plateau")
@@ -143,7 +146,8 @@ def _blur(x:torch.Tensor, kernels:list)->torch.Tensor:
     from kornia.filters import filter2d
     n = max(k.shape[-1] for k in kernels)
     padded = torch.stack([F.pad(k, [(n - k.shape[-1]) // 2] * 4) for k in kernels]).to(x.device, x.dtype)
-    return filter2d(x, padded, border_type="reflect")
+    border = "reflect" if n // 2 < min(x.shape[-2:]) else "replicate"   # reflection needs a kernel smaller than the image
+    return filter2d(x, padded, border_type=border)
 
 def _delta()->torch.Tensor: return torch.ones(1, 1)
 
@@ -238,3 +242,28 @@ def degrade_online(hr:torch.Tensor, # (B,C,H,W) HR images in [0, 1], on any devi
     for p in params: p.append({"final resize": mode, "jpeg last": jpeg_last})
     if quantize: x = (x * 255).round() / 255
     return x.to(hr.dtype) if hr.is_floating_point() else x, params
+
+# %% ../nbs/01d_degrade.ipynb #54db4523
+_STAGE_FIELDS = tuple(f.name for f in fields(StageRecipe))
+_TOP_FIELDS = ("first", "second", "second_prob", "final_sinc_prob", "resize_modes")
+
+def recipe_from_dict(overrides:dict|None, # the recipe's fields to change, e.g. {"first": {"sigma": [0.2, 2.0]}}
+                     key:str="Data.degradation.online.recipe", # named in errors
+                    )->DegradationRecipe:
+    "A checked `DegradationRecipe`: Real-ESRGAN's defaults with `overrides`; errors name the key and what is allowed."
+    o = dict(overrides or {})
+    bad = sorted(set(o) - set(_TOP_FIELDS))
+    if bad: raise ConfigError(f"{key}: unknown {bad}; expected some of {list(_TOP_FIELDS)}")
+    base = DegradationRecipe()
+    stages = {}
+    for name in ("first", "second"):
+        part = o.get(name) or {}
+        if not isinstance(part, dict): raise ConfigError(f"{key}.{name}: expected a mapping of stage fields but got {part!r}")
+        bad = sorted(set(part) - set(_STAGE_FIELDS))
+        if bad: raise ConfigError(f"{key}.{name}: unknown {bad}; expected some of {list(_STAGE_FIELDS)}")
+        cur = getattr(base, name)
+        stages[name] = StageRecipe(**{f: (tuple(part[f]) if isinstance(part.get(f), list) else part.get(f, getattr(cur, f)))
+                                      for f in _STAGE_FIELDS})
+    top = {k: (tuple(o[k]) if isinstance(o[k], list) else o[k]) for k in ("second_prob", "final_sinc_prob", "resize_modes") if k in o}
+    try: return DegradationRecipe(**stages, **top).check(key)
+    except (ValueError, TypeError) as e: raise ConfigError(f"{key}: {e}") from None

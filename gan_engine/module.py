@@ -18,6 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from .config import Config, ConfigError, load_config
 from .steps import StepPlan
 from .data import resolve_value_range
+from .degrade import degrade_online, recipe_from_dict
 from .normalise import build_normalisers
 from .generators import build_generator
 from .discriminators import build_discriminator
@@ -69,6 +70,13 @@ class GANModule(L.LightningModule):
                                    "value_range": list(self.value_range) if self.value_range else None})
         self.plan = StepPlan.from_config(cfg)
         self.task = build_task(cfg)
+        online = cfg.Data.degradation.online
+        self.online_degradation = recipe_from_dict(dict(online.recipe or {})) if online.enabled else None
+        if self.online_degradation is not None:
+            if self.task.name != "sr": raise ConfigError(f"Data.degradation.online: makes LR images for super-resolution (Model.task sr), not {self.task.name!r}")
+            try: import kornia  # noqa: F401
+            except ImportError: raise ConfigError("Data.degradation.online: needs the `kornia` package (pip install -e \".[degrade]\")") from None
+        self.degradation_params: list = []  # what the online degradation drew for each item of the last training batch
         self.generator = generator if generator is not None else build_generator(cfg)
         self.adversarial = self.plan.adversarial
         self.discriminator = ((discriminator if discriminator is not None else build_discriminator(cfg))
@@ -227,6 +235,27 @@ def _logged_score(self, logits:torch.Tensor)->torch.Tensor:
     "D output shown in logs: a probability for bce, the raw score otherwise."
     logits = logits.detach().float()
     return torch.sigmoid(logits).mean() if self.cfg.Training.Losses.adv_loss_type == "bce" else logits.mean()
+
+# %% ../nbs/08_module.ipynb #3bf06be4
+@patch_to(GANModule)
+def on_after_batch_transfer(self, batch, dataloader_idx:int):
+    "With `Data.degradation.online`: each training batch's LR made here, on the device, from its HR crops."
+    if self.online_degradation is None or self._trainer is None or not self.trainer.training or not isinstance(batch, dict) or "hr" not in batch:
+        return batch
+    lo, hi = self.value_range
+    hr = batch["hr"]
+    eight_bit = (float(lo), float(hi)) == (0.0, 255.0)
+    jpeg = hr.shape[1] == 3 and eight_bit
+    if not jpeg and not getattr(self, "_jpeg_noted", False) and max(self.online_degradation.first.jpeg_prob, self.online_degradation.second.jpeg_prob) > 0:
+        warnings.warn(f"Data.degradation.online: the JPEG steps are skipped: they apply to 3-band 8-bit images (value range "
+                      f"[0, 255]), these have {hr.shape[1]} bands in [{lo:g}, {hi:g}]", UserWarning)
+        self._jpeg_noted = True
+    # item i of generator step t: seed (Training.seed, t, i), so a resumed run degrades its steps as the first did
+    base = (int(self.cfg.Training.seed) * 1_000_003 + self.g_step) * 4096
+    lr, self.degradation_params = degrade_online(((hr.float() - lo) / (hi - lo)).clamp(0, 1), self.cfg.Data.scale,
+                                                 [base + i for i in range(hr.shape[0])], self.online_degradation,
+                                                 jpeg=jpeg, quantize=eight_bit)
+    return {**batch, "lr": (lr * (hi - lo) + lo).to(hr.dtype)}
 
 # %% ../nbs/08_module.ipynb #515aef39
 def _add(logs:dict, terms:dict, share:float):
