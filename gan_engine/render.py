@@ -259,7 +259,7 @@ def _series(df, key):
     return s if not s.empty else None
 
 def curves_figure(df:pd.DataFrame, # metric history, index = generator step (`DataFrameLogger.df`, metrics.csv)
-                  loss_keys:Sequence[str]=("train/loss_g", "train/loss_d", "train/l1"), # left: training losses
+                  loss_keys:Sequence[str]=("train/loss_g", "train/loss_d", "train/l1", "train/mse"), # left: training losses
                   d_keys:Sequence[str]=("train/d_real", "train/d_fake"), # middle: the discriminator's view
                   val_keys:Sequence[str]|None=None, # right: validation values (None: val/psnr and its baselines, else every val/psnr*)
                   smooth:int=20, # rolling-mean window for training values
