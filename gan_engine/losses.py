@@ -10,8 +10,8 @@ __all__ = ['MS_SSIM_BETAS', 'VGG19_BLOCKS', 'VGG19_CHANNELS', 'VGG19_LAYERS', 'I
            'charbonnier_loss', 'ssim_loss', 'ms_ssim_loss', 'spectral_angle', 'sam_loss', 'tv_loss',
            'vgg19_torchvision_keymap', 'VGG19Features', 'load_vgg19_weights', 'select_bands', 'PerceptualLoss',
            'AdversarialLoss', 'gradient_penalty', 'r1_penalty', 'R1Penalty', 'feature_matching_loss',
-           'adversarial_weight', 'gradient_l1_loss', 'fft_l1_loss', 'loss_term_label', 'build_loss_term',
-           'extra_loss_terms', 'GeneratorLoss', 'DiscriminatorLoss']
+           'adversarial_weight', 'gradient_l1_loss', 'fft_l1_loss', 'focal_frequency_loss', 'lowpass_l1_loss',
+           'loss_term_label', 'build_loss_term', 'extra_loss_terms', 'GeneratorLoss', 'DiscriminatorLoss']
 
 # %% ../nbs/05_losses.ipynb #7c5bf4ea
 import math, re
@@ -429,6 +429,29 @@ def fft_l1_loss(sr: torch.Tensor, # generated image (B, C, H, W)
     "Mean absolute difference of the orthonormal 2-D Fourier transforms (`rfft2`), per band."
     check_pair(sr, hr)
     return torch.fft.rfft2(_f32(sr) - _f32(hr), norm="ortho").abs().mean()
+
+# %% ../nbs/05_losses.ipynb #9ff42fd0
+@LOSS_TERMS.register("focal_frequency")
+def focal_frequency_loss(sr: torch.Tensor, # generated image (B, C, H, W)
+                         hr: torch.Tensor, # target image (B, C, H, W)
+                         alpha: float = 1.0, # focusing exponent of the frequency weights
+                        ) -> torch.Tensor:
+    "Mean over frequencies of w * |F(sr) - F(hr)|^2, w = |F(sr) - F(hr)|^alpha scaled to max 1 per image and band (detached)."
+    check_pair(sr, hr)
+    diff = torch.fft.fft2(_f32(sr) - _f32(hr), norm="ortho")       # the transform is linear: F(sr) - F(hr)
+    dist = diff.real ** 2 + diff.imag ** 2
+    w = dist.detach().sqrt() ** alpha
+    w = w / w.flatten(-2).amax(-1).clamp_min(1e-12)[..., None, None]
+    return (w * dist).mean()
+
+@LOSS_TERMS.register("lowpass_l1")
+def lowpass_l1_loss(sr: torch.Tensor, # generated image (B, C, H, W)
+                    hr: torch.Tensor, # target image (B, C, H, W)
+                    factor: int = 4, # side of the averaged blocks, pixels
+                   ) -> torch.Tensor:
+    "L1 between `sr` and `hr` averaged over `factor` x `factor` blocks: their colours and brightness, not their details."
+    check_pair(sr, hr)
+    return F.l1_loss(F.avg_pool2d(_f32(sr), factor, ceil_mode=True), F.avg_pool2d(_f32(hr), factor, ceil_mode=True))
 
 # %% ../nbs/05_losses.ipynb #f53739da
 _TAKEN_LABELS = frozenset({  # names already logged under train/ and val/: built-in terms, task terms, step values, metrics

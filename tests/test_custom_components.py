@@ -140,7 +140,7 @@ def test_nn_module_terms_stay_out_of_the_state_dict():
 # ---------------------------------------------------------------- errors, at build time
 @pytest.mark.parametrize("extra, message", [
     ({"gradient_l2": 1.0}, "Training.Losses.extra.gradient_l2: unknown loss term 'gradient_l2' (did you mean "
-                           "'gradient_l1'?); expected one of ['fft_l1', 'gradient_l1'] or an import path"),
+                           "'gradient_l1'?); expected one of ['fft_l1', 'focal_frequency', 'gradient_l1', 'lowpass_l1'] or an import path"),
     ({"fft_l1": -0.5}, "Training.Losses.extra.fft_l1: weight -0.5 must be a finite number >= 0"),
     ({"fft_l1": "high"}, "Training.Losses.extra.fft_l1: weight 'high' must be a finite number >= 0"),
     ({"fft_l1": True}, "Training.Losses.extra.fft_l1: weight True must be a finite number >= 0"),
