@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Mapping, TextIO
 
 import pandas as pd
+from fastcore.basics import patch_to
 import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar
 
@@ -19,8 +20,7 @@ from .registry import check_choice, check_int
 from .render import curves_figure
 
 # %% auto #0
-__all__ = ['PROGRESS_MODES', 'progress_mode', 'format_value', 'format_duration', 'StepProgress', 'describe', 'on_train_start',
-           'on_train_batch_end', 'on_validation_end', 'on_train_end', 'CurvesPlot', 'history', 'figure', 'write']
+__all__ = ['PROGRESS_MODES', 'progress_mode', 'format_value', 'format_duration', 'StepProgress', 'CurvesPlot']
 
 # %% ../nbs/09b_progress.ipynb #f268e71c
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
@@ -113,7 +113,8 @@ def _val_key(self, pl_module, metrics:Mapping)->str|None:
     if isinstance(mon, str) and mon.startswith("val/"): return mon
     return "val/psnr" if "val/psnr" in metrics else None
 
-def describe(self:StepProgress, trainer, pl_module)->str:
+@patch_to(StepProgress)
+def describe(self, trainer, pl_module)->str:
     "The progress line now: `step 312/600 · D 62 · loss_g 0.021 · val/psnr 31.20 dB (bicubic 30.11 dB) · 4.1 it/s · 1:11 left`."
     done, total, d = _steps(pl_module, trainer)
     parts = [f"step {done}/{total}" if total and total > 0 else f"step {done}"]
@@ -134,8 +135,6 @@ def describe(self:StepProgress, trainer, pl_module)->str:
         if total and total > done: parts.append(f"{format_duration((total - done) / rate)} left")
     return " · ".join(parts)
 
-StepProgress.describe = describe
-
 # %% ../nbs/09b_progress.ipynb #4a046061
 def _write(self:StepProgress, line:str, redraw:bool):
     out = self.stream
@@ -149,11 +148,13 @@ def _write(self:StepProgress, line:str, redraw:bool):
 def _every(self:StepProgress, total:int)->int:
     return self.every_n_steps or max(1, math.ceil(total / 20)) if total and total > 0 else (self.every_n_steps or 50)
 
-def on_train_start(self:StepProgress, trainer, pl_module):
+@patch_to(StepProgress)
+def on_train_start(self, trainer, pl_module):
     self._start, self._start_step = time.monotonic(), _steps(pl_module, trainer)[0]
     self._mode = progress_mode(self.mode, self.stream)
 
-def on_train_batch_end(self:StepProgress, trainer, pl_module, outputs, batch, batch_idx):
+@patch_to(StepProgress)
+def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
     if not self.is_enabled or trainer.sanity_checking: return
     done, total, _ = _steps(pl_module, trainer)
     last = total and total > 0 and done >= total
@@ -168,7 +169,8 @@ def on_train_batch_end(self:StepProgress, trainer, pl_module, outputs, batch, ba
         self._last_line_step = done
         line = self.describe(trainer, pl_module); _write(self, line, redraw=False); self.lines.append(line)
 
-def on_validation_end(self:StepProgress, trainer, pl_module):
+@patch_to(StepProgress)
+def on_validation_end(self, trainer, pl_module):
     "A line after each validation (the bar keeps it and goes on below), and the result of `validate`."
     if not self.is_enabled or trainer.sanity_checking: return
     if getattr(self, "_mode", None) is None: self._mode = progress_mode(self.mode, self.stream)
@@ -177,14 +179,12 @@ def on_validation_end(self:StepProgress, trainer, pl_module):
     line = ("validated at " if trainer.state.fn == "validate" else "validation at ") + line
     _write(self, line, redraw=False); self.lines.append(line)
 
-def on_train_end(self:StepProgress, trainer, pl_module):
+@patch_to(StepProgress)
+def on_train_end(self, trainer, pl_module):
     if not self.is_enabled or self._mode == "none": return
     elapsed = format_duration(time.monotonic() - self._start) if self._start is not None else "?"
     line = f"finished: {self.describe(trainer, pl_module).split(' · ')[0]} in {elapsed}"
     _write(self, line, redraw=False); self.lines.append(line)
-
-StepProgress.on_train_start, StepProgress.on_train_batch_end = on_train_start, on_train_batch_end
-StepProgress.on_validation_end, StepProgress.on_train_end = on_validation_end, on_train_end
 
 # %% ../nbs/09b_progress.ipynb #bab525f3
 def _trainer_df(trainer):
@@ -219,23 +219,27 @@ def _row(trainer, pl_module)->int:
     "The row a value of the step just done goes to: its 0-based index, as in metrics.csv (Lightning's logging step)."
     return max(_step(trainer, pl_module) - 1, 0)
 
-def _record(self:CurvesPlot, step:int, values:Mapping):
+@patch_to(CurvesPlot)
+def _record(self, step:int, values:Mapping):
     row = {k: v for k, v in ((str(k), _number(v)) for k, v in values.items()) if v is not None}
     if row: self.rows.setdefault(step, {}).update(row)
 
-def history(self:CurvesPlot, trainer)->pd.DataFrame:
+@patch_to(CurvesPlot)
+def history(self, trainer)->pd.DataFrame:
     "The metric history the plot is drawn from: the DataFrameLogger's when there is one, else the callback's own."
     df = _trainer_df(trainer)
     if df is not None: return df
     out = pd.DataFrame.from_dict(self.rows, orient="index").sort_index(); out.index.name = "step"
     return out
 
-def figure(self:CurvesPlot, trainer, pl_module=None):
+@patch_to(CurvesPlot)
+def figure(self, trainer, pl_module=None):
     "The curves of the run so far as a matplotlib Figure."
     title = f"generator step {_step(trainer, pl_module)}" if pl_module is not None else None
     return curves_figure(self.history(trainer), **{"title": title, **self.figure_kwargs})
 
-def write(self:CurvesPlot, trainer, pl_module)->Path|None:
+@patch_to(CurvesPlot)
+def write(self, trainer, pl_module)->Path|None:
     "Draw and write the PNG (atomically); a failed write warns once and training goes on (the plot is redrawn next time)."
     path = self.path or Path(trainer.default_root_dir) / "images" / "curves.png"
     fig = self.figure(trainer, pl_module)
@@ -246,22 +250,21 @@ def write(self:CurvesPlot, trainer, pl_module)->Path|None:
     self.written.append((_step(trainer, pl_module), path))
     return path
 
-for _f in (_record, history, figure, write): setattr(CurvesPlot, _f.__name__, _f)
-
-def _on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+@patch_to(CurvesPlot)
+def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
     if _trainer_df(trainer) is not None or not trainer.is_global_zero: return
     step = _row(trainer, pl_module)
     if step % self.every_n_steps: return
     values = getattr(pl_module, "train_values", None) or {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     self._record(step, {(k if k.startswith("train/") else f"train/{k}"): v for k, v in values.items()})
 
-def _on_validation_end(self, trainer, pl_module):
+@patch_to(CurvesPlot)
+def on_validation_end(self, trainer, pl_module):
     if trainer.sanity_checking or not trainer.is_global_zero: return
     if _trainer_df(trainer) is None:
         self._record(_row(trainer, pl_module), {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     self.write(trainer, pl_module)
 
-def _on_train_end(self, trainer, pl_module):
+@patch_to(CurvesPlot)
+def on_train_end(self, trainer, pl_module):
     if trainer.is_global_zero: self.write(trainer, pl_module)
-
-CurvesPlot.on_train_batch_end, CurvesPlot.on_validation_end, CurvesPlot.on_train_end = _on_train_batch_end, _on_validation_end, _on_train_end
