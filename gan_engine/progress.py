@@ -187,12 +187,10 @@ def on_train_end(self, trainer, pl_module):
     _write(self, line, redraw=False); self.lines.append(line)
 
 # %% ../nbs/09b_progress.ipynb #bab525f3
-def _trainer_df(trainer):
-    "The metric DataFrame of the Trainer's first logger that keeps one (`DataFrameLogger`), else None."
-    for lg in getattr(trainer, "loggers", []) or []:
-        df = getattr(lg, "df", None)
-        if isinstance(df, pd.DataFrame): return df
-    return None
+def _df_logger(trainer):
+    "The Trainer's first logger that keeps a metric DataFrame (a `df` property, as `DataFrameLogger`), else None."
+    # looked up on the class: reading `df` builds the whole table, too much to do every step
+    return next((lg for lg in getattr(trainer, "loggers", []) or [] if isinstance(getattr(type(lg), "df", None), property)), None)
 
 class CurvesPlot(Callback):
     "Write the run's curves (losses, D(real)/D(fake), validation metric and baseline) as a PNG after each validation and at the end."
@@ -227,8 +225,8 @@ def _record(self, step:int, values:Mapping):
 @patch_to(CurvesPlot)
 def history(self, trainer)->pd.DataFrame:
     "The metric history the plot is drawn from: the DataFrameLogger's when there is one, else the callback's own."
-    df = _trainer_df(trainer)
-    if df is not None: return df
+    lg = _df_logger(trainer)
+    if lg is not None: return lg.df
     out = pd.DataFrame.from_dict(self.rows, orient="index").sort_index(); out.index.name = "step"
     return out
 
@@ -252,7 +250,7 @@ def write(self, trainer, pl_module)->Path|None:
 
 @patch_to(CurvesPlot)
 def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-    if _trainer_df(trainer) is not None or not trainer.is_global_zero: return
+    if _df_logger(trainer) is not None or not trainer.is_global_zero: return
     step = _row(trainer, pl_module)
     if step % self.every_n_steps: return
     values = getattr(pl_module, "train_values", None) or {k: v for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
@@ -261,7 +259,7 @@ def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
 @patch_to(CurvesPlot)
 def on_validation_end(self, trainer, pl_module):
     if trainer.sanity_checking or not trainer.is_global_zero: return
-    if _trainer_df(trainer) is None:
+    if _df_logger(trainer) is None:
         self._record(_row(trainer, pl_module), {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")})
     self.write(trainer, pl_module)
 
