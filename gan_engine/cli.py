@@ -6,7 +6,7 @@ Docs: https://gan-engine.github.io/gan_engine/cli.html.md"""
 
 # %% ../nbs/14_cli.ipynb #fd354236
 from __future__ import annotations
-import argparse, sys, traceback
+import argparse, importlib.util, sys, traceback
 from pathlib import Path
 
 import gan_engine
@@ -95,7 +95,7 @@ def quickstart_config(overrides=(), # dotted KEY=VALUE strings
     return load_config(PRESETS[preset](Path(samples) if samples else find_samples()), overrides)
 
 # %% ../nbs/14_cli.ipynb #8968ab45
-def _preview(cfg:Config, out:Path)->list[str]:
+def _preview(cfg:Config, out:Path, online:bool=False, step:int=0)->list[str]:
     "Write a grid of samples from both loaders (the panel renderer every logger uses); return the summary lines."
     import numpy as np
     import torch.nn.functional as F
@@ -108,12 +108,14 @@ def _preview(cfg:Config, out:Path)->list[str]:
     batches = [("train", next(iter(dm.train_dataloader())))]
     if dm.val_dataset is not None: batches.append(("val", next(iter(dm.val_dataloader()))))
     n = min(4, *(len(b["hr"]) for _, b in batches))
+    drawn = _preview_degradation(cfg, dm, batches, step) if online or cfg.Data.degradation.online.enabled else None
     def panels(b):
         if "mask" in b: return {"image": b["hr"][:n], "masked input": task.shown_input(b)[:n], "mask": b["mask"][:n]}
         if "lr" not in b: return {"image": b["hr"][:n]}   # prompt task from noise: the images and their prompts
         return {"LR": F.interpolate(b["lr"][:n].float(), size=b["hr"].shape[-2:], mode="nearest"), "HR": b["hr"][:n]}
     grids = [render_panels(panels(b), dm.value_range, cfg.Logging.display_bands, labels=True,
-                           row_labels=b["prompt"][:n] if "prompt" in b else None) for _, b in batches]
+                           row_labels=b["prompt"][:n] if "prompt" in b else drawn[:n] if drawn and name == "train" else None)
+             for name, b in batches]
     width = max(g.shape[1] for g in grids)
     gap = np.full((8, width, 3), 255, np.uint8)
     sheet = np.concatenate([x for g in grids for x in (np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0)),
@@ -125,10 +127,27 @@ def _preview(cfg:Config, out:Path)->list[str]:
                + (f"; holes {float(b['mask'].mean((1, 2, 3)).min()):.0%}-{float(b['mask'].mean((1, 2, 3)).max()):.0%} of each crop"
                   if "mask" in b else "") for name, b in batches),
              *([f"Prompts: " + "; ".join(f"“{q}”" for q in batches[0][1]["prompt"][:n])] if "prompt" in batches[0][1] else []),
+             *([f"Training LR of generator step {step} (Data.degradation.online, seed Training.seed={cfg.Training.seed}):",
+                *(f"  item {i}: {d}" for i, d in enumerate(drawn[:n]))] if drawn else []),
              f"Value range {dm.value_range}, bands {dm.band_names}",
              f"Preview: {path} (rows: {' then '.join(name for name, _ in batches)} samples; columns: "
              f"{', '.join(panels(batches[0][1]))})"]
     return lines
+
+def _preview_degradation(cfg:Config, dm, batches:list, step:int)->list[str]:
+    "Replace the training batch's LR by what generator step `step` makes from its HR (the online recipe); the drawn steps."
+    from gan_engine.degrade import degrade_training_batch, describe_degradation, recipe_from_dict
+    if cfg.Model.task != "sr":
+        raise ConfigError(f"preview --online: the online degradation makes LR images for Model.task 'sr', not {cfg.Model.task!r}")
+    if importlib.util.find_spec("kornia") is None:
+        raise ConfigError("preview --online: the online degradation needs the `kornia` package (pip install -e \".[degrade]\")")
+    online, b = cfg.Data.degradation.online, batches[0][1]
+    paired = cfg.Data.train_lr_dir is not None
+    b["lr"], params = degrade_training_batch(b["hr"], dm.value_range, cfg.Data.scale, cfg.Training.seed, step,
+                                             recipe_from_dict(dict(online.recipe or {})), real_lr=b["lr"] if paired else None,
+                                             real_lr_rate=online.real_lr_rate if paired else 0.0)
+    return [describe_degradation(p) for p in params]
+
 
 # %% ../nbs/14_cli.ipynb #b371d72f
 def _parser()->argparse.ArgumentParser:
@@ -189,6 +208,9 @@ def _parser()->argparse.ArgumentParser:
     pl.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     pv = sub.add_parser("preview", help="build the data pipeline from a config and write a grid of its samples (LR/HR, or images with masks)")
     common(pv)
+    pv.add_argument("--online", action="store_true",
+                    help="show the training LR made by Data.degradation.online's recipe even when it is not enabled (sr)")
+    pv.add_argument("--step", type=int, default=0, help="the generator step whose degradation draws are shown (default 0)")
     return p
 
 # %% ../nbs/14_cli.ipynb #24e1a37c
@@ -296,7 +318,7 @@ def _preview_cmd(args)->Path:
     cfg = _config(args)
     out = Path(cfg.Logging.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for line in _preview(cfg, out): print(line)
+    for line in _preview(cfg, out, online=args.online, step=args.step): print(line)
     return out
 
 def _import_opensr(args)->Path:

@@ -20,9 +20,9 @@ from .opensr import translate_opensr
 
 # %% auto #0
 __all__ = ['SCALES', 'SR_SCALES', 'MASK_CHANNEL_RULES', 'HOLE_FILLS', 'PROMPT_INPUTS', 'DATA_SOURCES', 'EMA_DECAY_RANGE',
-           'SCHEMA', 'MAX_YAML_DEPTH', 'MAX_YAML_VALUES', 'INT_LIMIT', 'SPEC_KEYS', 'Key', 'describe_config', 'Section',
-           'Config', 'YAMLRefused', 'ConfigLoader', 'ConfigDumper', 'yaml_load', 'parse_override', 'trainer_keywords',
-           'is_class_spec', 'load_config', 'save_config']
+           'SCHEMA', 'PERCEPTUAL_METRICS', 'MAX_YAML_DEPTH', 'MAX_YAML_VALUES', 'INT_LIMIT', 'SPEC_KEYS', 'Key',
+           'describe_config', 'Section', 'Config', 'YAMLRefused', 'ConfigLoader', 'ConfigDumper', 'yaml_load',
+           'parse_override', 'trainer_keywords', 'is_class_spec', 'load_config', 'save_config']
 
 # %% ../nbs/00_config.ipynb #be2da59b
 @dataclass
@@ -85,6 +85,7 @@ SCHEMA["Data"] = {
         "online": {
             "enabled": _key(False, "bool", "sr training: make each training LR on the device from its HR crop with Real-ESRGAN's second-order degradation (blur, resize, noise, JPEG, twice, then sinc and resize; gan_engine.degrade; needs kornia); validation keeps the plain degradation above"),
             "recipe": _key({}, "dict", "overrides of the degradation recipe: `first:` / `second:` stage fields (blur_prob, kernel_mix, kernel_size, sigma, beta_generalized, beta_plateau, sinc_prob, resize_probs, resize_range, gaussian_noise_prob, noise_sigma, poisson_scale, gray_noise_prob, jpeg_prob, jpeg_quality), second_prob, final_sinc_prob, resize_modes; {} = Real-ESRGAN's settings", open_dict=True),
+            "real_lr_rate": _key(0.0, "float", "with paired LR files (Data.train_lr_dir): the chance that a training item keeps its real LR file instead of a made one", lo=0.0, hi=1.0),
         },
     },
     "masks": {
@@ -215,6 +216,8 @@ SCHEMA["Training"] = {
         "perceptual_layers": _key({"relu1_2": 0.1, "relu2_2": 0.1, "relu3_4": 1.0, "relu4_4": 1.0, "relu5_4": 1.0}, "dict", "VGG layers and their weights", open_dict=True),
         "perceptual_bands": _key(None, "list", "3 band indices fed to the perceptual network; null = first 3", nullable=True),
         "feature_matching_weight": _key(0.0, "float", "discriminator feature-matching weight", lo=0.0),
+        "ldl_weight": _key(0.0, "float", "LDL artefact loss weight (Liang et al. 2022): L1 where the residual varies locally and the EMA generator errs less; applies while the adversarial term is on; needs Training.EMA.enabled", lo=0.0),
+        "ldl_kernel": _key(7, "int", "LDL local-variance window (odd)", lo=3),
         "adv_loss_beta": _key(1e-3, "float", "adversarial weight after the ramp", lo=0.0),
         "adv_loss_schedule": _key("linear", "str", "shape of the adversarial ramp", choices=("linear", "cosine")),
         "adv_loss_type": _key("bce", "str", "adversarial formulation", choices=("bce", "lsgan", "hinge", "wasserstein")),
@@ -291,6 +294,16 @@ SCHEMA["Callbacks"] = {
         "alert": _key(None, "str", "import path 'package.module:function' of alert(kind, message, step), called on each report", nullable=True),
         "grad_norm_limit": _key(None, "float", "report a gradient norm above this (needs Logging.grad_norm_every_n_steps > 0); null = only non-finite norms", lo=0.0, nullable=True),
     },
+}
+
+# %% ../nbs/00_config.ipynb #dc30f5a1
+PERCEPTUAL_METRICS = ("lpips", "dists")   # Validation.perceptual_metrics: logged as val/<name>, lower is better
+SCHEMA["Validation"] = {
+    "perceptual_metrics": _key([], "list", "perceptual validation metrics (lpips, dists), logged as val/<name>, lower is better; their weights are read from the files below"),
+    "vgg16_weights": _key(None, "path", "torchvision-format VGG-16 weights for LPIPS and DISTS; null = torchvision's cached vgg16-397923af.pth in the torch hub folder (nothing is downloaded)", nullable=True),
+    "lpips_weights": _key(None, "path", "LPIPS v0.1 VGG head (lin0-lin4); null = weights/v0.1/vgg.pth of an installed `lpips` package", nullable=True),
+    "dists_weights": _key(None, "path", "DISTS alpha/beta file; null = weights.pt of an installed `DISTS_pytorch` package", nullable=True),
+    "bands": _key(None, "list", "3 band indices fed to the perceptual metrics; null = first 3 (or the single band)", nullable=True),
 }
 
 # %% ../nbs/00_config.ipynb #9094adf5
@@ -667,6 +680,15 @@ def _cross_checks(c:dict, problems:list):
     if losses["perceptual_weight"] > 0 and losses["perceptual_metric"] == "lpips":
         problems.append("Training.Losses.perceptual_metric: 'lpips' is not available in this version; use 'vgg' "
                         "(with a local weights file in Training.Losses.perceptual_weights)")
+    _cross_check_validation(c, problems)
+    online = d["degradation"]["online"]
+    if online["real_lr_rate"] > 0 and (not online["enabled"] or d["train_lr_dir"] is None):
+        problems.append(f"Data.degradation.online.real_lr_rate: {online['real_lr_rate']} mixes real LR files with made ones; "
+                        "it needs Data.degradation.online.enabled true and paired files in Data.train_lr_dir (or set it to 0)")
+    if losses["ldl_kernel"] % 2 == 0: problems.append(f"Training.Losses.ldl_kernel: {losses['ldl_kernel']} must be odd")
+    if losses["ldl_weight"] > 0 and not t["EMA"]["enabled"]:
+        problems.append("Training.Losses.ldl_weight: LDL compares the generator with its EMA copy; set Training.EMA.enabled "
+                        "true or ldl_weight 0")
     if losses["ssim_win"] % 2 == 0: problems.append(f"Training.Losses.ssim_win: {losses['ssim_win']} must be odd")
     for key in ("perceptual_bands",):
         b = losses[key]
@@ -682,6 +704,24 @@ def _cross_checks(c:dict, problems:list):
     if not all(isinstance(x, str) for x in ev):
         problems.append(f"Callbacks.extra_validation: {_show(ev)} must be a list of names or import paths")
     _check_trainer(c, problems)
+
+def _cross_check_validation(c:dict, problems:list):
+    "Validation.perceptual_metrics names, their bands, and checkpoints or early stopping ranked by them."
+    v, m = c["Validation"], c["Model"]
+    names = v["perceptual_metrics"]
+    bad = [n for n in names if n not in PERCEPTUAL_METRICS] if isinstance(names, list) else [names]
+    if bad: problems.append(f"Validation.perceptual_metrics: {_show(bad)} not among {list(PERCEPTUAL_METRICS)}")
+    b = v["bands"]
+    if b is not None and (len(b) != 3 or not all(_band_index(i, m["out_bands"]) for i in b)):
+        problems.append(f"Validation.bands: {_show(b)} must be 3 band indices in [0, {m['out_bands'] - 1}]")
+    for key in ("checkpoint", "early_stopping"):
+        sec = c["Callbacks"][key]
+        name = str(sec["monitor"]).removeprefix("val/")
+        if name in PERCEPTUAL_METRICS:
+            if isinstance(names, list) and name not in names:
+                problems.append(f"Callbacks.{key}.monitor: {sec['monitor']!r} is not computed; add {name!r} to Validation.perceptual_metrics")
+            if sec["mode"] != "min":
+                problems.append(f"Callbacks.{key}.mode: {sec['mode']!r}, but {sec['monitor']} is lower for better images; use 'min'")
 
 # %% ../nbs/00_config.ipynb #61c8c0e7
 def _cross_check_inpaint(c:dict, problems:list):

@@ -7,6 +7,7 @@ Docs: https://gan-engine.github.io/gan_engine/degrade.html.md"""
 # %% ../nbs/01d_degrade.ipynb #a5a76e23
 from __future__ import annotations
 import math, warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -16,7 +17,7 @@ from .registry import ConfigError
 
 # %% auto #0
 __all__ = ['KERNEL_KINDS', 'blur_kernel', 'sinc_kernel', 'StageRecipe', 'DegradationRecipe', 'sample_kernel', 'degrade_online',
-           'recipe_from_dict']
+           'recipe_from_dict', 'online_seeds', 'degrade_training_batch', 'describe_degradation']
 
 # %% ../nbs/01d_degrade.ipynb #3fadb2cb
 KERNEL_KINDS = ("gaussian", "generalized", "plateau")
@@ -267,3 +268,55 @@ def recipe_from_dict(overrides:dict|None, # the recipe's fields to change, e.g. 
     top = {k: (tuple(o[k]) if isinstance(o[k], list) else o[k]) for k in ("second_prob", "final_sinc_prob", "resize_modes") if k in o}
     try: return DegradationRecipe(**stages, **top).check(key)
     except (ValueError, TypeError) as e: raise ConfigError(f"{key}: {e}") from None
+
+# %% ../nbs/01d_degrade.ipynb #9c7fc0ce
+def online_seeds(seed:int, # Training.seed
+                 step:int, # generator step (0-based)
+                 n:int, # items in the batch
+                )->list[int]:
+    "The per-item seeds of generator step `step`."
+    base = (int(seed) * 1_000_003 + int(step)) * 4096
+    return [base + i for i in range(n)]
+
+def degrade_training_batch(hr:torch.Tensor, # (B,C,H,W) HR crops in raw units
+                           value_range:Sequence[float], # the data's (low, high)
+                           scale:int, # Data.scale
+                           seed:int, # Training.seed
+                           step:int, # generator step (0-based)
+                           recipe:DegradationRecipe|None=None, # None = Real-ESRGAN's
+                           real_lr:torch.Tensor|None=None, # (B,C,H/scale,W/scale) LR files of a paired dataset, raw units
+                           real_lr_rate:float=0.0, # chance that an item keeps its LR file
+                          )->tuple[torch.Tensor, list[list[dict]]]:
+    "A training step's LR batch (raw units, hr's dtype) and the steps drawn for each item."
+    if not 0.0 <= real_lr_rate <= 1.0: raise ValueError(f"Expected `real_lr_rate` to be in [0, 1] but got {real_lr_rate}")
+    lo, hi = (float(v) for v in value_range)
+    eight_bit = (lo, hi) == (0.0, 255.0)
+    seeds = online_seeds(seed, step, hr.shape[0])
+    lr, params = degrade_online(((hr.float() - lo) / (hi - lo)).clamp(0, 1), scale, seeds, recipe,
+                                jpeg=hr.shape[1] == 3 and eight_bit, quantize=eight_bit)
+    lr = (lr * (hi - lo) + lo).to(hr.dtype)
+    if real_lr is not None and real_lr_rate > 0:
+        if tuple(real_lr.shape) != tuple(lr.shape):
+            raise ValueError(f"Expected `real_lr` of shape {tuple(lr.shape)} (the HR crops / {scale}) but got {tuple(real_lr.shape)}")
+        for i, s in enumerate(seeds):   # its own stream: the made LR of the other items does not change with the rate
+            if float(torch.rand((), generator=torch.Generator().manual_seed(s * 31 + 7))) < real_lr_rate:
+                lr[i], params[i] = real_lr[i].to(lr.dtype), [{"real LR file": True}]
+    return lr, params
+
+def describe_degradation(steps:list[dict], # one item's drawn steps (`degrade_online`'s second output)
+                        )->str:
+    "One line a person reads: the item's blur, resize, noise and JPEG steps in order."
+    out = []
+    for s in steps:
+        if s.get("real LR file"): out.append("real LR file")
+        elif "kernel" in s and "sinc" in s["kernel"]: out.append(f"{s['kernel']} {s['size']}px omega={s['omega']:.2f}")
+        elif "kernel" in s:
+            sx, sy = s["sigma"]
+            shape = f"sigma={sx:.2f}" if not s["kernel"].endswith("aniso") and sx == sy else f"sigma={sx:.2f}/{sy:.2f} theta={s['theta']:.2f}"
+            out.append(f"{s['kernel']} {s['size']}px {shape}" + (f" beta={s['beta']:.2f}" if "beta" in s else ""))
+        elif "resize" in s: out.append("keep size" if s["resize"] == 1.0 else f"resize x{s['resize']:.2f} {s['mode']}")
+        elif s.get("noise") == "gaussian": out.append(f"{'grey ' if s['grey'] else ''}gaussian noise sigma={s['sigma_8bit']:.1f}/255")
+        elif s.get("noise") == "poisson": out.append(f"{'grey ' if s['grey'] else ''}poisson noise x{s['scale']:.2f}")
+        elif "jpeg" in s: out.append(f"JPEG q={s['jpeg']:.0f}")
+        elif "final resize" in s: out.append(f"to LR {s['final resize']}" + (", JPEG last" if s["jpeg last"] else ""))
+    return "; ".join(out)

@@ -8,10 +8,11 @@ Docs: https://gan-engine.github.io/gan_engine/losses.html.md"""
 __all__ = ['MS_SSIM_BETAS', 'VGG19_BLOCKS', 'VGG19_CHANNELS', 'VGG19_LAYERS', 'IMAGENET_MEAN', 'IMAGENET_STD',
            'DEFAULT_PERCEPTUAL_LAYERS', 'ADV_LOSS_TYPES', 'LOSS_TERMS', 'check_pair', 'l1_loss', 'mse_loss',
            'charbonnier_loss', 'ssim_loss', 'ms_ssim_loss', 'spectral_angle', 'sam_loss', 'tv_loss',
-           'vgg19_torchvision_keymap', 'VGG19Features', 'load_vgg19_weights', 'select_bands', 'PerceptualLoss',
-           'AdversarialLoss', 'gradient_penalty', 'r1_penalty', 'R1Penalty', 'feature_matching_loss',
+           'vgg_torchvision_keymap', 'vgg19_torchvision_keymap', 'VGG19Features', 'load_vgg19_weights', 'select_bands',
+           'PerceptualLoss', 'AdversarialLoss', 'gradient_penalty', 'r1_penalty', 'R1Penalty', 'feature_matching_loss',
            'adversarial_weight', 'gradient_l1_loss', 'fft_l1_loss', 'focal_frequency_loss', 'lowpass_l1_loss',
-           'loss_term_label', 'build_loss_term', 'extra_loss_terms', 'GeneratorLoss', 'DiscriminatorLoss']
+           'ldl_artifact_map', 'ldl_loss', 'loss_term_label', 'build_loss_term', 'extra_loss_terms', 'GeneratorLoss',
+           'DiscriminatorLoss']
 
 # %% ../nbs/05_losses.ipynb #7c5bf4ea
 import math, re
@@ -161,15 +162,20 @@ VGG19_BLOCKS = (2, 2, 4, 4, 4)      # convolutions per block
 VGG19_CHANNELS = (64, 128, 256, 512, 512)
 VGG19_LAYERS = tuple(f"relu{b + 1}_{i + 1}" for b, n in enumerate(VGG19_BLOCKS) for i in range(n))
 
-def vgg19_torchvision_keymap() -> dict:
-    "Map torchvision's `features.N.{weight,bias}` keys to ours (`convB_I.{weight,bias}`)."
+def vgg_torchvision_keymap(blocks: Sequence[int] = VGG19_BLOCKS, # convolutions per block (VGG-16: 2, 2, 3, 3, 3)
+                          ) -> dict:
+    "Map torchvision's VGG `features.N.{weight,bias}` keys to ours (`convB_I.{weight,bias}`)."
     out, idx = {}, 0
-    for b, n in enumerate(VGG19_BLOCKS):
+    for b, n in enumerate(blocks):
         for i in range(n):
             for p in ("weight", "bias"): out[f"features.{idx}.{p}"] = f"conv{b + 1}_{i + 1}.{p}"
             idx += 2                  # conv, relu
         idx += 1                      # max-pool
     return out
+
+def vgg19_torchvision_keymap() -> dict:
+    "Map torchvision's VGG-19 `features.N.*` keys to ours."
+    return vgg_torchvision_keymap(VGG19_BLOCKS)
 
 class VGG19Features(nn.Module):
     "VGG-19 convolutional trunk returning the requested ReLU taps; truncated after the deepest one."
@@ -453,11 +459,40 @@ def lowpass_l1_loss(sr: torch.Tensor, # generated image (B, C, H, W)
     check_pair(sr, hr)
     return F.l1_loss(F.avg_pool2d(_f32(sr), factor, ceil_mode=True), F.avg_pool2d(_f32(hr), factor, ceil_mode=True))
 
+# %% ../nbs/05_losses.ipynb #036e6c72
+def ldl_artifact_map(sr: torch.Tensor, # generated image (B, C, H, W)
+                     hr: torch.Tensor, # target image (B, C, H, W)
+                     sr_ema: torch.Tensor, # the EMA generator's output for the same input (B, C, H, W)
+                     kernel: int = 7, # side of the local-variance window (odd)
+                    ) -> torch.Tensor:
+    "LDL's artefact map (B, 1, H, W): local residual variance x global variance^(1/5), 0 where the EMA output errs more."
+    check_pair(sr, hr); check_pair(sr_ema, hr)
+    if kernel < 3 or kernel % 2 == 0: raise ValueError(f"Expected `kernel` to be an odd integer >= 3 but got {kernel}")
+    H, W = hr.shape[-2:]
+    if kernel // 2 >= min(H, W):
+        raise ValueError(f"Expected images larger than half the window (`kernel` {kernel}) but got {H}x{W}; use a smaller ldl_kernel")
+    with torch.no_grad():
+        r_sr = (_f32(hr) - _f32(sr)).abs().sum(1, keepdim=True)
+        r_ema = (_f32(hr) - _f32(sr_ema)).abs().sum(1, keepdim=True)
+        padded = F.pad(r_sr, [kernel // 2] * 4, mode="reflect")
+        local = F.unfold(padded, kernel).var(1, unbiased=True).view_as(r_sr)     # (B, k*k, H*W) -> per pixel
+        image = r_sr.flatten(1).var(1, unbiased=True).clamp_min(0) ** 0.2
+        return torch.where(r_sr < r_ema, torch.zeros_like(local), local * image.view(-1, 1, 1, 1))
+
+def ldl_loss(sr: torch.Tensor, # generated image (B, C, H, W)
+             hr: torch.Tensor, # target image (B, C, H, W)
+             sr_ema: torch.Tensor, # the EMA generator's output for the same input (B, C, H, W)
+             kernel: int = 7, # side of the local-variance window (odd)
+            ) -> torch.Tensor:
+    "Mean |M * sr - M * hr| with M = `ldl_artifact_map` (no gradient through M)."
+    m = ldl_artifact_map(sr, hr, sr_ema, kernel)
+    return (m * (_f32(sr) - _f32(hr))).abs().mean()
+
 # %% ../nbs/05_losses.ipynb #f53739da
 _TAKEN_LABELS = frozenset({  # names already logged under train/ and val/: built-in terms, task terms, step values, metrics
     "l1", "mse", "charbonnier", "ssim", "ms_ssim", "sam", "tv", "perceptual", "adv", "feature_matching",
     "hole_l1", "valid_l1", "boundary_tv", "loss_g", "loss_d", "d_adv", "d_real", "d_fake", "gp", "r1",
-    "adv_weight", "phase", "lr_g", "lr_d", "g_step", "psnr", "psnr_bicubic", "sam_deg", "lpips"})
+    "adv_weight", "phase", "lr_g", "lr_d", "g_step", "psnr", "psnr_bicubic", "sam_deg", "lpips", "dists", "ldl"})
 
 def loss_term_label(name: str, # a registered loss-term name or an import path `package.module:attribute`
                    ) -> str:
@@ -535,6 +570,8 @@ class GeneratorLoss(nn.Module):
                  tv_weight: float = 0.0, # Training.Losses.tv_weight
                  perceptual_weight: float = 0.0, # Training.Losses.perceptual_weight
                  feature_matching_weight: float = 0.0, # Training.Losses.feature_matching_weight
+                 ldl_weight: float = 0.0, # Training.Losses.ldl_weight (LDL artefact term; needs the EMA output)
+                 ldl_kernel: int = 7, # Training.Losses.ldl_kernel (local-variance window, odd)
                  perceptual_weights: str | Path | None = None, # Training.Losses.perceptual_weights (local file)
                  perceptual_layers: Mapping[str, float] | None = None, # Training.Losses.perceptual_layers
                  perceptual_bands: Sequence[int] | None = None, # Training.Losses.perceptual_bands
@@ -553,6 +590,9 @@ class GeneratorLoss(nn.Module):
                             ms_ssim=ms_ssim_weight, sam=sam_weight, tv=tv_weight, perceptual=perceptual_weight)
         self.weights = {k: float(v) for k, v in self.weights.items()}
         self.feature_matching_weight = float(feature_matching_weight)
+        self.ldl_weight, self.ldl_kernel = float(ldl_weight), int(ldl_kernel)
+        if self.ldl_kernel < 3 or self.ldl_kernel % 2 == 0:
+            raise ValueError(f"Expected `ldl_kernel` to be an odd integer >= 3 but got {ldl_kernel}")
         self.max_val, self.ssim_win, self.charbonnier_eps = float(max_val), int(ssim_win), float(charbonnier_eps)
         if self.weights["ssim"] or self.weights["ms_ssim"]: _ssim_sigma(self.ssim_win)   # validate early
         self.adv = AdversarialLoss(adv_loss_type, relativistic)   # label smoothing only concerns D
@@ -568,7 +608,7 @@ class GeneratorLoss(nn.Module):
         "Build from `cfg.Training.Losses`."
         L = _losses_section(cfg)
         keys = ["l1_weight", "mse_weight", "charbonnier_weight", "ssim_weight", "ms_ssim_weight", "sam_weight",
-                "tv_weight", "perceptual_weight", "feature_matching_weight", "perceptual_weights", "perceptual_layers",
+                "tv_weight", "perceptual_weight", "feature_matching_weight", "ldl_weight", "ldl_kernel", "perceptual_weights", "perceptual_layers",
                 "perceptual_bands", "perceptual_metric", "max_val", "ssim_win", "charbonnier_eps", "adv_loss_type"]
         return cls(**{k: L[k] for k in keys}, relativistic=L["relativistic_average_d"], extra=L.get("extra"), config=cfg)
 
@@ -654,6 +694,17 @@ def forward(self, sr: torch.Tensor, # generated image (B, C, H, W)
         a, t = self.adversarial(fake_logits, real_logits, adv_weight, real_feats, fake_feats)
         total = total + a; terms.update(t)
     return total, terms
+
+# %% ../nbs/05_losses.ipynb #559e2552
+@patch_to(GeneratorLoss)
+def artifacts(self, sr: torch.Tensor, # generated image (B, C, H, W)
+              hr: torch.Tensor, # target image (B, C, H, W)
+              sr_ema: torch.Tensor, # the EMA generator's output for the same input
+             ) -> tuple:
+    "The weighted LDL term and its logged values `ldl`, `ldl_w` (zero weight: nothing)."
+    if not self.ldl_weight: return sr.new_zeros(()), {}
+    v = ldl_loss(sr, hr, sr_ema, self.ldl_kernel)
+    return self.ldl_weight * v, {"ldl": v.detach(), "ldl_w": (self.ldl_weight * v).detach()}
 
 # %% ../nbs/05_losses.ipynb #8af79a54
 class DiscriminatorLoss(nn.Module):

@@ -18,10 +18,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 from .config import Config, ConfigError, load_config
 from .steps import StepPlan
 from .data import resolve_value_range
-from .degrade import degrade_online, recipe_from_dict
+from .degrade import degrade_training_batch, recipe_from_dict
 from .normalise import build_normalisers
 from .generators import build_generator
 from .discriminators import build_discriminator
+from .perceptual import build_perceptual_metrics
 from .losses import GeneratorLoss, DiscriminatorLoss
 from .ema import GeneratorEMA, EMACallback
 from .tasks import build_task
@@ -97,8 +98,9 @@ class GANModule(L.LightningModule):
         if self.value_range is not None: self._build_val_metrics()
 
     def _build_val_metrics(self):
-        "The task's validation metrics (raw units), registered so they move with the module and sync across devices."
-        self.val_metrics = torch.nn.ModuleDict(self.task.metrics(self.value_range))
+        "The task's validation metrics and `Validation.perceptual_metrics` (raw units), registered so they move with the module and sync across devices."
+        self.val_metrics = torch.nn.ModuleDict({**self.task.metrics(self.value_range),
+                                                **build_perceptual_metrics(self.cfg, self.value_range)})
         self._val_metrics_ready = True
 
 # %% ../nbs/08_module.ipynb #4e50d96e
@@ -220,6 +222,7 @@ def _generate(self, batch:dict):
     self.task.check_batch(batch)
     normed = self.normalise_batch(batch)
     x, cond = self.task.generator_input(normed, train=self.training)
+    self._g_input = (x, cond)          # what the EMA copy is run on for LDL
     sr = self.generator(x, cond) if cond is not None else self.generator(x)
     return normed, sr, cond
 
@@ -239,7 +242,7 @@ def _logged_score(self, logits:torch.Tensor)->torch.Tensor:
 # %% ../nbs/08_module.ipynb #3bf06be4
 @patch_to(GANModule)
 def on_after_batch_transfer(self, batch, dataloader_idx:int):
-    "With `Data.degradation.online`: each training batch's LR made here, on the device, from its HR crops."
+    "With `Data.degradation.online`: each training batch's LR made here, on the device, from its HR crops (or kept from its LR files at `real_lr_rate`)."
     if self.online_degradation is None or self._trainer is None or not self.trainer.training or not isinstance(batch, dict) or "hr" not in batch:
         return batch
     lo, hi = self.value_range
@@ -250,12 +253,14 @@ def on_after_batch_transfer(self, batch, dataloader_idx:int):
         warnings.warn(f"Data.degradation.online: the JPEG steps are skipped: they apply to 3-band 8-bit images (value range "
                       f"[0, 255]), these have {hr.shape[1]} bands in [{lo:g}, {hi:g}]", UserWarning)
         self._jpeg_noted = True
-    # item i of generator step t: seed (Training.seed, t, i), so a resumed run degrades its steps as the first did
-    base = (int(self.cfg.Training.seed) * 1_000_003 + self.g_step) * 4096
-    lr, self.degradation_params = degrade_online(((hr.float() - lo) / (hi - lo)).clamp(0, 1), self.cfg.Data.scale,
-                                                 [base + i for i in range(hr.shape[0])], self.online_degradation,
-                                                 jpeg=jpeg, quantize=eight_bit)
-    return {**batch, "lr": (lr * (hi - lo) + lo).to(hr.dtype)}
+    # item i of generator step t draws from (Training.seed, t, i): a resumed run degrades its steps as the first did
+    online = self.cfg.Data.degradation.online
+    paired = self.cfg.Data.train_lr_dir is not None and "lr" in batch
+    lr, self.degradation_params = degrade_training_batch(hr, (lo, hi), self.cfg.Data.scale, self.cfg.Training.seed, self.g_step,
+                                                         self.online_degradation, real_lr=batch["lr"] if paired else None,
+                                                         real_lr_rate=online.real_lr_rate if paired else 0.0)
+    return {**batch, "lr": lr}
+
 
 # %% ../nbs/08_module.ipynb #515aef39
 def _add(logs:dict, terms:dict, share:float):
@@ -335,7 +340,21 @@ def _generator_losses(self, normed, generated, cond, step:int, active:bool):
     if active:
         adv, adv_terms = self._generator_adversarial(out, target, cond, step, self.task.discriminator_extra(normed))
         loss = loss + adv; logs.update(adv_terms)
+        if self.g_loss.ldl_weight and self.ema is not None:
+            ldl, ldl_terms = self.g_loss.artifacts(out, target, self._ema_output(normed))
+            loss = loss + ldl; logs.update(ldl_terms)
     return loss, logs
+
+@patch_to(GANModule)
+def _ema_output(self, normed)->torch.Tensor:
+    "The EMA generator's task output for the input `_generate` just ran (no gradient, its buffers untouched)."
+    x, cond = self._g_input
+    ema = self.ema.module
+    dev = next(ema.parameters()).device                 # Training.EMA.device may keep the copy elsewhere
+    move = lambda v: v.to(dev) if isinstance(v, torch.Tensor) else v
+    with torch.no_grad(), _buffers_kept(ema):
+        generated = ema(move(x), move(cond)) if cond is not None else ema(move(x))
+    return self.task.compose(normed, generated.to(device=x.device, dtype=x.dtype))
 
 @patch_to(GANModule)
 def _judged(self, normed, generated, cond, share:float)->tuple:
@@ -504,6 +523,7 @@ def validation_step(self, batch:dict, batch_idx:int):
     image = self.task.compose(batch, raw)          # raw units; inpainting keeps the known pixels exactly
     baselines = {k: v.float().clamp(lo, hi) for k, v in self.task.baselines(batch).items()}
     self.task.update_metrics(self.val_metrics, batch, image, baselines)
+    for name in self.cfg.Validation.perceptual_metrics: self.val_metrics[name].update(image, self.task.target(batch).float())
     self.log_dict({f"val/{k}": m for k, m in self.val_metrics.items()}, on_step=False, on_epoch=True, batch_size=len(image))
     self._keep_panels(batch, image, raw if self.task.composes else None)
     # raw units, for extra validation callbacks

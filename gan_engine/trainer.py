@@ -25,6 +25,7 @@ from .registry import import_object
 from .config import load_config, save_config
 from .steps import StepPlan
 from .data import GANDataModule, check_paths
+from .perceptual import perceptual_weight_files
 from .images import DataError
 from .module import GANModule
 from .loggers import DataFrameLogger
@@ -313,6 +314,7 @@ def prepare(config:Config|dict|str|None=None, # config, dict or YAML path (None 
     "Everything up to training: seed, run directory, snapshot, data, module, logger, trainer."
     cfg = config.override(*overrides) if isinstance(config, Config) else load_config(config, overrides)
     check_paths(cfg)  # folders, crop sizes and files the config names, before anything is written
+    perceptual_weight_files(cfg)   # and the weight files of Validation.perceptual_metrics
     resume = resume or cfg.Model.continue_training or None
     if resume is not None and not Path(resume).is_file():
         raise ConfigError(f"Model.continue_training: checkpoint {str(resume)!r} does not exist")

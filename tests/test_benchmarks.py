@@ -21,6 +21,7 @@ SMOKE = {   # script -> (arguments of its quick form, lines its output must cont
                             ["GAN (EMA) · held-out", "real renders · seen", "goal (>= 90 % on each attribute"]),
     "quickstart_quality.py": (["--quick"], ["mean gain over bicubic on 5 held-out photographs:", "goal (>= +1.5 dB mean gain"]),
     "degrade_throughput.py": (["--quick"], ["cpu: ", "images/s (median of 2 batches)"]),
+    "realworld_sr.py": (["--quick"], ["GAN - L1 PSNR:", "goal (GAN beats L1 on LPIPS and DISTS within 1 dB PSNR of it"]),
     # with OpenSR-SRGAN absent (CI) it times gan_engine alone and says so; with $OPENSR_PYTHON set it compares
     "vs_opensr.py": (["--quick"], ["gan_engine: torch", "ms per batch" if not os.environ.get("OPENSR_PYTHON") else "ratio gan_engine/OpenSR"]),
 }

@@ -6,7 +6,7 @@ PKG = Path(__file__).resolve().parents[1] / "gan_engine"
 
 # every module, lowest first: a module may import only modules before it (no back edge, hence no cycle)
 ORDER = ["registry", "opensr", "shapes", "config", "steps", "images", "pretrained", "captions", "masks", "degrade", "data", "checkpoint", "render", "normalise", "text", "opensr_nets", "generators",
-         "discriminators", "losses", "ema", "tasks", "optim", "loggers", "module", "health", "callbacks", "progress", "trainer",
+         "discriminators", "losses", "perceptual", "ema", "tasks", "optim", "loggers", "module", "health", "callbacks", "progress", "trainer",
          "inference", "export", "opensr_import", "capture", "widgets", "cli", "testing"]
 
 

@@ -158,3 +158,86 @@ def test_predict_uses_ema_and_raw_on_request():
     assert torch.allclose(ema_out, want) and not torch.allclose(ema_out, raw_out)
     preds = t.predict(module, torch.utils.data.DataLoader([{"lr": lr}], batch_size=None))
     assert torch.allclose(preds[0], ema_out, atol=1e-5)
+
+
+class LDLProbe(L.Callback):
+    "LDL recomputed before each generator step from the step's own batch, generator and EMA copy."
+    def __init__(self): self.expected, self.logged = [], []
+    def on_train_batch_start(self, trainer, m, batch, batch_idx):
+        from gan_engine.losses import ldl_loss
+        from gan_engine.module import _buffers_kept
+        with torch.no_grad(), _buffers_kept(m.generator):
+            normed = m.normalise_batch(batch)
+            x, cond = m.task.generator_input(normed, train=True)
+            out, ema = m.task.compose(normed, m.generator(x)), m.task.compose(normed, m.ema.module(x))
+            self.expected.append(float(ldl_loss(out, m.task.target(normed), ema, m.cfg.Training.Losses.ldl_kernel)))
+    def on_train_batch_end(self, trainer, m, outputs, batch, batch_idx):
+        v = m.train_values.get("train/ldl")
+        self.logged.append(None if v is None else float(v))
+
+
+def test_ldl_term_uses_the_ema_output_while_adversarial():
+    cfg = tiny_config(SAMPLES, ["Training.g_pretrain_steps=2", "Training.Losses.ldl_weight=2.0", "Training.Losses.ldl_kernel=3",
+                                "Training.EMA.decay=0.5", "Data.repeat=8"])
+    probe = LDLProbe()
+    module, t = fit(cfg, 6, callbacks=[probe], **NO_VAL)
+    assert probe.logged[:2] == [None, None]                       # pretraining: no adversarial term, no LDL
+    assert all(v is not None and v > 0 for v in probe.logged[2:])
+    assert probe.logged[2:] == pytest.approx(probe.expected[2:], rel=1e-4)
+    # the same run without the EMA copy is refused before anything trains
+    from gan_engine.registry import ConfigError
+    with pytest.raises(ConfigError, match="Training.EMA.enabled"):
+        tiny_config(SAMPLES, ["Training.Losses.ldl_weight=1", "Training.EMA.enabled=false"])
+
+
+class IncomingLR(GANModule):
+    "Keeps each training batch's LR as the data loader gave it, before the online degradation."
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        if self._trainer is not None and self.trainer.training: self.__dict__.setdefault("incoming", []).append(batch["lr"].clone())
+        return super().on_after_batch_transfer(batch, dataloader_idx)
+
+
+def _paired_folders(tmp_path):
+    "data_samples/sr/train as HR, and LR partner files that no degradation would make (inverted, box-downscaled)."
+    from PIL import Image
+    import numpy as np
+    hr_dir, lr_dir = tmp_path / "hr", tmp_path / "lr"
+    hr_dir.mkdir(); lr_dir.mkdir()
+    for f in sorted((SAMPLES / "sr" / "train").iterdir())[:6]:
+        im = np.asarray(Image.open(f).convert("RGB"))
+        h, w = (im.shape[0] // 2) * 2, (im.shape[1] // 2) * 2
+        Image.fromarray(im[:h, :w]).save(hr_dir / f"{f.stem}.png")
+        small = im[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean((1, 3))
+        Image.fromarray((255 - small).round().astype(np.uint8)).save(lr_dir / f"{f.stem}.png")
+    return hr_dir, lr_dir
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5, 1.0])
+def test_online_degradation_mixes_real_lr_files_at_the_rate(tmp_path, rate):
+    from gan_engine.degrade import degrade_training_batch
+    hr_dir, lr_dir = _paired_folders(tmp_path)
+    cfg = tiny_config(SAMPLES, [f"Data.train_dir={hr_dir}", f"Data.train_lr_dir={lr_dir}", "Data.val_fraction=0.3", "Data.val_dir=null",
+                                "Data.degradation.online.enabled=true", f"Data.degradation.online.real_lr_rate={rate}",
+                                "Data.train_batch_size=8", "Data.repeat=4"])
+    keep = []
+    class Seen(L.Callback):
+        def on_train_batch_start(self, trainer, m, batch, batch_idx): keep.append((batch["hr"].clone(), batch["lr"].clone()))
+    module, _ = fit(cfg, 3, callbacks=[Seen()], module=IncomingLR, **NO_VAL)
+    kept = made = 0
+    for step, ((hr, lr), files) in enumerate(zip(keep, module.incoming)):
+        expected, params = degrade_training_batch(hr, module.value_range, 2, cfg.Training.seed, step, module.online_degradation,
+                                                  real_lr=files, real_lr_rate=rate)
+        assert torch.equal(lr, expected)
+        for i, p in enumerate(params):
+            real = p == [{"real LR file": True}]
+            assert torch.equal(lr[i], files[i]) == real    # the inverted files never come out of the degradation
+            kept, made = kept + real, made + (not real)
+    assert (kept, made) == ((0, 24) if rate == 0 else (24, 0) if rate == 1 else (kept, made)) and (rate != 0.5 or 0 < kept < 24)
+
+
+def test_real_lr_rate_needs_paired_files_and_the_online_recipe():
+    from gan_engine.registry import ConfigError
+    with pytest.raises(ConfigError, match="Data.degradation.online.real_lr_rate: 0.5 .* Data.train_lr_dir"):
+        tiny_config(SAMPLES, ["Data.degradation.online.enabled=true", "Data.degradation.online.real_lr_rate=0.5"])
+    with pytest.raises(ConfigError, match="real_lr_rate"):
+        tiny_config(SAMPLES, ["Data.degradation.online.real_lr_rate=1.5"])
