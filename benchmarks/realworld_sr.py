@@ -37,7 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quickstart_quality import centre_crop, held_out_images, train   # noqa: E402
 
-COMMON = ["Data.scale=4", "Data.lr_patch_size=16", "Data.degradation.online.enabled=true", "Schedulers.decay=none",
+COMMON = ["Data.scale=4", "Data.lr_patch_size=16", "Data.degradation.online.enabled=true", "Data.degradation.online.validate=true",
+          "Schedulers.decay=none",
           "Training.max_steps=1000000", "Training.val_every_n_steps=200", "Logging.images_every_n_steps=0",
           "Logging.progress=lines", "Training.Losses.l1_weight=1.0", "Training.Losses.mse_weight=0.0",
           "Optimizers.optim_g_lr=5e-4"]

@@ -86,6 +86,7 @@ SCHEMA["Data"] = {
             "enabled": _key(False, "bool", "sr training: make each training LR on the device from its HR crop with Real-ESRGAN's second-order degradation (blur, resize, noise, JPEG, twice, then sinc and resize; gan_engine.degrade; needs kornia); validation keeps the plain degradation above"),
             "recipe": _key({}, "dict", "overrides of the degradation recipe: `first:` / `second:` stage fields (blur_prob, kernel_mix, kernel_size, sigma, beta_generalized, beta_plateau, sinc_prob, resize_probs, resize_range, gaussian_noise_prob, noise_sigma, poisson_scale, gray_noise_prob, jpeg_prob, jpeg_quality), second_prob, final_sinc_prob, resize_modes; {} = Real-ESRGAN's settings", open_dict=True),
             "real_lr_rate": _key(0.0, "float", "with paired LR files (Data.train_lr_dir): the chance that a training item keeps its real LR file instead of a made one", lo=0.0, hi=1.0),
+            "validate": _key(False, "bool", "validation LR made by the same recipe too, each validation image with a fixed seed (so val metrics measure what training aims at); false = the plain degradation above; paired Data.val_lr_dir files are kept either way"),
         },
     },
     "masks": {

@@ -17,7 +17,7 @@ from .registry import ConfigError
 
 # %% auto #0
 __all__ = ['KERNEL_KINDS', 'blur_kernel', 'sinc_kernel', 'StageRecipe', 'DegradationRecipe', 'sample_kernel', 'degrade_online',
-           'recipe_from_dict', 'online_seeds', 'degrade_training_batch', 'describe_degradation']
+           'recipe_from_dict', 'online_seeds', 'validation_seeds', 'degrade_training_batch', 'describe_degradation']
 
 # %% ../nbs/01d_degrade.ipynb #3fadb2cb
 KERNEL_KINDS = ("gaussian", "generalized", "plateau")
@@ -278,6 +278,12 @@ def online_seeds(seed:int, # Training.seed
     base = (int(seed) * 1_000_003 + int(step)) * 4096
     return [base + i for i in range(n)]
 
+def validation_seeds(seed:int, # Training.seed
+                     indices, # the validation items' dataset indices (`meta["index"]`)
+                    )->list[int]:
+    "Fixed per-image seeds for validation LR: the same image is degraded the same way at every validation."
+    return [int(seed) * 1_000_003 + (1 << 40) + int(i) for i in indices]
+
 def degrade_training_batch(hr:torch.Tensor, # (B,C,H,W) HR crops in raw units
                            value_range:Sequence[float], # the data's (low, high)
                            scale:int, # Data.scale
@@ -286,12 +292,13 @@ def degrade_training_batch(hr:torch.Tensor, # (B,C,H,W) HR crops in raw units
                            recipe:DegradationRecipe|None=None, # None = Real-ESRGAN's
                            real_lr:torch.Tensor|None=None, # (B,C,H/scale,W/scale) LR files of a paired dataset, raw units
                            real_lr_rate:float=0.0, # chance that an item keeps its LR file
+                           seeds:Sequence[int]|None=None, # the items' seeds; None = those of generator step `step`
                           )->tuple[torch.Tensor, list[list[dict]]]:
     "A training step's LR batch (raw units, hr's dtype) and the steps drawn for each item."
     if not 0.0 <= real_lr_rate <= 1.0: raise ValueError(f"Expected `real_lr_rate` to be in [0, 1] but got {real_lr_rate}")
     lo, hi = (float(v) for v in value_range)
     eight_bit = (lo, hi) == (0.0, 255.0)
-    seeds = online_seeds(seed, step, hr.shape[0])
+    seeds = online_seeds(seed, step, hr.shape[0]) if seeds is None else [int(v) for v in seeds]
     lr, params = degrade_online(((hr.float() - lo) / (hi - lo)).clamp(0, 1), scale, seeds, recipe,
                                 jpeg=hr.shape[1] == 3 and eight_bit, quantize=eight_bit)
     lr = (lr * (hi - lo) + lo).to(hr.dtype)

@@ -18,7 +18,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from .config import Config, ConfigError, load_config
 from .steps import StepPlan
 from .data import resolve_value_range
-from .degrade import degrade_training_batch, recipe_from_dict
+from .degrade import degrade_training_batch, recipe_from_dict, validation_seeds
 from .normalise import build_normalisers
 from .generators import build_generator
 from .discriminators import build_discriminator
@@ -242,8 +242,12 @@ def _logged_score(self, logits:torch.Tensor)->torch.Tensor:
 # %% ../nbs/08_module.ipynb #3bf06be4
 @patch_to(GANModule)
 def on_after_batch_transfer(self, batch, dataloader_idx:int):
-    "With `Data.degradation.online`: each training batch's LR made here, on the device, from its HR crops (or kept from its LR files at `real_lr_rate`)."
-    if self.online_degradation is None or self._trainer is None or not self.trainer.training or not isinstance(batch, dict) or "hr" not in batch:
+    "With `Data.degradation.online`: each training batch's LR made here, on the device, from its HR crops (or kept from its LR files at `real_lr_rate`); validation batches too with `validate`."
+    if self.online_degradation is None or self._trainer is None or not isinstance(batch, dict) or "hr" not in batch:
+        return batch
+    online = self.cfg.Data.degradation.online
+    validating = self.trainer.validating or self.trainer.sanity_checking
+    if not (self.trainer.training or validating and online.validate and self.cfg.Data.val_lr_dir is None):
         return batch
     lo, hi = self.value_range
     hr = batch["hr"]
@@ -254,7 +258,10 @@ def on_after_batch_transfer(self, batch, dataloader_idx:int):
                       f"[0, 255]), these have {hr.shape[1]} bands in [{lo:g}, {hi:g}]", UserWarning)
         self._jpeg_noted = True
     # item i of generator step t draws from (Training.seed, t, i): a resumed run degrades its steps as the first did
-    online = self.cfg.Data.degradation.online
+    if validating:                     # every validation degrades each image the same way
+        seeds = validation_seeds(self.cfg.Training.seed, [m["index"] for m in batch["meta"]])
+        lr, _ = degrade_training_batch(hr, (lo, hi), self.cfg.Data.scale, self.cfg.Training.seed, 0, self.online_degradation, seeds=seeds)
+        return {**batch, "lr": lr}
     paired = self.cfg.Data.train_lr_dir is not None and "lr" in batch
     lr, self.degradation_params = degrade_training_batch(hr, (lo, hi), self.cfg.Data.scale, self.cfg.Training.seed, self.g_step,
                                                          self.online_degradation, real_lr=batch["lr"] if paired else None,

@@ -9,7 +9,6 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from gan_engine.data import GANDataModule
-from gan_engine.ema import EMACallback
 from gan_engine.module import GANModule
 from gan_engine.testing import fit_tiny, tiny_config
 from gan_engine.steps import StepPlan
