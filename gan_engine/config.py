@@ -690,6 +690,12 @@ def _cross_checks(c:dict, problems:list):
     if losses["ldl_weight"] > 0 and not t["EMA"]["enabled"]:
         problems.append("Training.Losses.ldl_weight: LDL compares the generator with its EMA copy; set Training.EMA.enabled "
                         "true or ldl_weight 0")
+    if losses["ldl_weight"] > 0 and losses["adv_loss_beta"] <= 0 and losses["feature_matching_weight"] <= 0:
+        problems.append("Training.Losses.ldl_weight: LDL acts while the adversarial term does, and this run has none "
+                        "(Training.Losses.adv_loss_beta and feature_matching_weight are 0); set adv_loss_beta > 0 or ldl_weight 0")
+    if online["validate"] and not online["enabled"]:
+        problems.append("Data.degradation.online.validate: makes validation LR with the online recipe, which is off; "
+                        "set Data.degradation.online.enabled true or validate false")
     if losses["ssim_win"] % 2 == 0: problems.append(f"Training.Losses.ssim_win: {losses['ssim_win']} must be odd")
     for key in ("perceptual_bands",):
         b = losses[key]
@@ -715,14 +721,18 @@ def _cross_check_validation(c:dict, problems:list):
     b = v["bands"]
     if b is not None and (len(b) != 3 or not all(_band_index(i, m["out_bands"]) for i in b)):
         problems.append(f"Validation.bands: {_show(b)} must be 3 band indices in [0, {m['out_bands'] - 1}]")
-    for key in ("checkpoint", "early_stopping"):
-        sec = c["Callbacks"][key]
-        name = str(sec["monitor"]).removeprefix("val/")
-        if name in PERCEPTUAL_METRICS:
-            if isinstance(names, list) and name not in names:
-                problems.append(f"Callbacks.{key}.monitor: {sec['monitor']!r} is not computed; add {name!r} to Validation.perceptual_metrics")
-            if sec["mode"] != "min":
-                problems.append(f"Callbacks.{key}.mode: {sec['mode']!r}, but {sec['monitor']} is lower for better images; use 'min'")
+    elif b is None and names and m["out_bands"] == 2:
+        problems.append("Validation.bands: the perceptual metrics see 3 bands; name 3 of the 2 output bands, e.g. [0, 1, 1]")
+    sched = c["Schedulers"]
+    watchers = [(f"Callbacks.{k}", c["Callbacks"][k]["monitor"], c["Callbacks"][k]["mode"], "monitor", "mode") for k in ("checkpoint", "early_stopping")]
+    watchers += [("Schedulers", sched[f"metric_{n}"], sched[f"mode_{n}"], f"metric_{n}", f"mode_{n}") for n in ("g", "d")]
+    for where, metric, mode, metric_key, mode_key in watchers:
+        name = str(metric).removeprefix("val/")
+        if name not in PERCEPTUAL_METRICS: continue
+        if isinstance(names, list) and name not in names:
+            problems.append(f"{where}.{metric_key}: {metric!r} is not computed; add {name!r} to Validation.perceptual_metrics")
+        if mode != "min":
+            problems.append(f"{where}.{mode_key}: {mode!r}, but {metric} is lower for better images; use 'min'")
 
 # %% ../nbs/00_config.ipynb #61c8c0e7
 def _cross_check_inpaint(c:dict, problems:list):

@@ -273,10 +273,14 @@ def recipe_from_dict(overrides:dict|None, # the recipe's fields to change, e.g. 
 def online_seeds(seed:int, # Training.seed
                  step:int, # generator step (0-based)
                  n:int, # items in the batch
+                 part:int=0, # which of the step's loader batches: rank x batches per step + accumulation index
                 )->list[int]:
-    "The per-item seeds of generator step `step`."
+    "The per-item seeds of loader batch `part` of generator step `step` (4096 items per step at most)."
+    if (int(part) + 1) * n > 4096:
+        raise ValueError(f"Expected at most 4096 items per generator step over all ranks and accumulated batches but got "
+                         f"batch {part} of {n} items")
     base = (int(seed) * 1_000_003 + int(step)) * 4096
-    return [base + i for i in range(n)]
+    return [base + int(part) * n + i for i in range(n)]
 
 def validation_seeds(seed:int, # Training.seed
                      indices, # the validation items' dataset indices (`meta["index"]`)
@@ -293,12 +297,13 @@ def degrade_training_batch(hr:torch.Tensor, # (B,C,H,W) HR crops in raw units
                            real_lr:torch.Tensor|None=None, # (B,C,H/scale,W/scale) LR files of a paired dataset, raw units
                            real_lr_rate:float=0.0, # chance that an item keeps its LR file
                            seeds:Sequence[int]|None=None, # the items' seeds; None = those of generator step `step`
+                           part:int=0, # which of the step's loader batches (ranks, accumulation): `online_seeds`
                           )->tuple[torch.Tensor, list[list[dict]]]:
     "A training step's LR batch (raw units, hr's dtype) and the steps drawn for each item."
     if not 0.0 <= real_lr_rate <= 1.0: raise ValueError(f"Expected `real_lr_rate` to be in [0, 1] but got {real_lr_rate}")
     lo, hi = (float(v) for v in value_range)
     eight_bit = (lo, hi) == (0.0, 255.0)
-    seeds = online_seeds(seed, step, hr.shape[0]) if seeds is None else [int(v) for v in seeds]
+    seeds = online_seeds(seed, step, hr.shape[0], part) if seeds is None else [int(v) for v in seeds]
     lr, params = degrade_online(((hr.float() - lo) / (hi - lo)).clamp(0, 1), scale, seeds, recipe,
                                 jpeg=hr.shape[1] == 3 and eight_bit, quantize=eight_bit)
     lr = (lr * (hi - lo) + lo).to(hr.dtype)

@@ -464,16 +464,20 @@ def ldl_artifact_map(sr: torch.Tensor, # generated image (B, C, H, W)
                      hr: torch.Tensor, # target image (B, C, H, W)
                      sr_ema: torch.Tensor, # the EMA generator's output for the same input (B, C, H, W)
                      kernel: int = 7, # side of the local-variance window (odd)
+                     data_range: float = 1.0, # value range of the images (Training.Losses.max_val), mapped to 1
                     ) -> torch.Tensor:
     "LDL's artefact map (B, 1, H, W): local residual variance x global variance^(1/5), 0 where the EMA output errs more."
     check_pair(sr, hr); check_pair(sr_ema, hr)
-    if kernel < 3 or kernel % 2 == 0: raise ValueError(f"Expected `kernel` to be an odd integer >= 3 but got {kernel}")
+    if kernel < 3 or kernel % 2 == 0: raise ValueError(f"Expected `kernel` (Training.Losses.ldl_kernel) to be an odd integer >= 3 but got {kernel}")
     H, W = hr.shape[-2:]
     if kernel // 2 >= min(H, W):
-        raise ValueError(f"Expected images larger than half the window (`kernel` {kernel}) but got {H}x{W}; use a smaller ldl_kernel")
+        raise ValueError(f"Expected images larger than half the LDL window ({kernel}) but got {H}x{W}; use a smaller "
+                         "Training.Losses.ldl_kernel or larger crops")
+    # the paper's residual is summed over 3 bands of [0, 1] images: scale others to that, so one weight means the same
+    to3 = 3.0 / (hr.shape[1] * float(data_range))
     with torch.no_grad():
-        r_sr = (_f32(hr) - _f32(sr)).abs().sum(1, keepdim=True)
-        r_ema = (_f32(hr) - _f32(sr_ema)).abs().sum(1, keepdim=True)
+        r_sr = (_f32(hr) - _f32(sr)).abs().sum(1, keepdim=True) * to3
+        r_ema = (_f32(hr) - _f32(sr_ema)).abs().sum(1, keepdim=True) * to3
         padded = F.pad(r_sr, [kernel // 2] * 4, mode="reflect")
         local = F.unfold(padded, kernel).var(1, unbiased=True).view_as(r_sr)     # (B, k*k, H*W) -> per pixel
         image = r_sr.flatten(1).var(1, unbiased=True).clamp_min(0) ** 0.2
@@ -483,9 +487,10 @@ def ldl_loss(sr: torch.Tensor, # generated image (B, C, H, W)
              hr: torch.Tensor, # target image (B, C, H, W)
              sr_ema: torch.Tensor, # the EMA generator's output for the same input (B, C, H, W)
              kernel: int = 7, # side of the local-variance window (odd)
+             data_range: float = 1.0, # value range of the images (Training.Losses.max_val)
             ) -> torch.Tensor:
-    "Mean |M * sr - M * hr| with M = `ldl_artifact_map` (no gradient through M)."
-    m = ldl_artifact_map(sr, hr, sr_ema, kernel)
+    "Mean |M * sr - M * hr| over pixels and bands, M = `ldl_artifact_map` (held constant: no gradient through M)."
+    m = ldl_artifact_map(sr, hr, sr_ema, kernel, data_range)
     return (m * (_f32(sr) - _f32(hr))).abs().mean()
 
 # %% ../nbs/05_losses.ipynb #f53739da
@@ -703,7 +708,7 @@ def artifacts(self, sr: torch.Tensor, # generated image (B, C, H, W)
              ) -> tuple:
     "The weighted LDL term and its logged values `ldl`, `ldl_w` (zero weight: nothing)."
     if not self.ldl_weight: return sr.new_zeros(()), {}
-    v = ldl_loss(sr, hr, sr_ema, self.ldl_kernel)
+    v = ldl_loss(sr, hr, sr_ema, self.ldl_kernel, self.max_val)
     return self.ldl_weight * v, {"ldl": v.detach(), "ldl_w": (self.ldl_weight * v).detach()}
 
 # %% ../nbs/05_losses.ipynb #8af79a54

@@ -14,6 +14,7 @@ import torch
 import lightning as L
 from fastcore.basics import patch_to
 from lightning.pytorch.trainer.states import TrainerFn
+from lightning.fabric.utilities.apply_func import move_data_to_device
 
 from .config import Config, ConfigError, load_config
 from .steps import StepPlan
@@ -222,7 +223,7 @@ def _generate(self, batch:dict):
     self.task.check_batch(batch)
     normed = self.normalise_batch(batch)
     x, cond = self.task.generator_input(normed, train=self.training)
-    self._g_input = (x, cond)          # what the EMA copy is run on for LDL
+    if self.training and self.g_loss.ldl_weight: self._g_input = (x, cond)   # what the EMA copy runs on for LDL
     sr = self.generator(x, cond) if cond is not None else self.generator(x)
     return normed, sr, cond
 
@@ -258,14 +259,21 @@ def on_after_batch_transfer(self, batch, dataloader_idx:int):
                       f"[0, 255]), these have {hr.shape[1]} bands in [{lo:g}, {hi:g}]", UserWarning)
         self._jpeg_noted = True
     # item i of generator step t draws from (Training.seed, t, i): a resumed run degrades its steps as the first did
-    if validating:                     # every validation degrades each image the same way
-        seeds = validation_seeds(self.cfg.Training.seed, [m["index"] for m in batch["meta"]])
+    metas = [m or {} for m in batch.get("meta") or [None] * len(hr)]
+    if validating:                     # every validation degrades each image the same way; LR files are kept
+        seeds = validation_seeds(self.cfg.Training.seed, [m.get("index", i) for i, m in enumerate(metas)])
         lr, _ = degrade_training_batch(hr, (lo, hi), self.cfg.Data.scale, self.cfg.Training.seed, 0, self.online_degradation, seeds=seeds)
+        for i, m in enumerate(metas):
+            if m.get("lr_source") is not None: lr[i] = batch["lr"][i]
         return {**batch, "lr": lr}
-    paired = self.cfg.Data.train_lr_dir is not None and "lr" in batch
+    # this step's loader batches (several under automatic accumulation) and ranks draw apart
+    self._degrade_part = self._degrade_part + 1 if getattr(self, "_degrade_step", None) == self.g_step else 0
+    self._degrade_step = self.g_step
+    part = self.global_rank * self.plan.batches_per_step + self._degrade_part
+    paired = "lr" in batch and any(m.get("lr_source") is not None for m in metas)
     lr, self.degradation_params = degrade_training_batch(hr, (lo, hi), self.cfg.Data.scale, self.cfg.Training.seed, self.g_step,
                                                          self.online_degradation, real_lr=batch["lr"] if paired else None,
-                                                         real_lr_rate=online.real_lr_rate if paired else 0.0)
+                                                         real_lr_rate=online.real_lr_rate if paired else 0.0, part=part)
     return {**batch, "lr": lr}
 
 
@@ -354,13 +362,13 @@ def _generator_losses(self, normed, generated, cond, step:int, active:bool):
 
 @patch_to(GANModule)
 def _ema_output(self, normed)->torch.Tensor:
-    "The EMA generator's task output for the input `_generate` just ran (no gradient, its buffers untouched)."
-    x, cond = self._g_input
+    "The EMA generator's task output for the input `_generate` just ran (no gradient; the copy is always in eval mode)."
+    (x, cond), self._g_input = self._g_input, None
     ema = self.ema.module
     dev = next(ema.parameters()).device                 # Training.EMA.device may keep the copy elsewhere
-    move = lambda v: v.to(dev) if isinstance(v, torch.Tensor) else v
-    with torch.no_grad(), _buffers_kept(ema):
-        generated = ema(move(x), move(cond)) if cond is not None else ema(move(x))
+    with torch.no_grad():
+        x_e, cond_e = move_data_to_device((x, cond), dev)
+        generated = ema(x_e, cond_e) if cond is not None else ema(x_e)
     return self.task.compose(normed, generated.to(device=x.device, dtype=x.dtype))
 
 @patch_to(GANModule)
@@ -529,8 +537,9 @@ def validation_step(self, batch:dict, batch_idx:int):
     raw = self.denormalise(generated.float()).clamp(lo, hi)
     image = self.task.compose(batch, raw)          # raw units; inpainting keeps the known pixels exactly
     baselines = {k: v.float().clamp(lo, hi) for k, v in self.task.baselines(batch).items()}
-    self.task.update_metrics(self.val_metrics, batch, image, baselines)
-    for name in self.cfg.Validation.perceptual_metrics: self.val_metrics[name].update(image, self.task.target(batch).float())
+    perceptual = self.cfg.Validation.perceptual_metrics
+    self.task.update_metrics({k: m for k, m in self.val_metrics.items() if k not in perceptual}, batch, image, baselines)
+    for name in perceptual: self.val_metrics[name].update(image, self.task.target(batch).float())
     self.log_dict({f"val/{k}": m for k, m in self.val_metrics.items()}, on_step=False, on_epoch=True, batch_size=len(image))
     self._keep_panels(batch, image, raw if self.task.composes else None)
     # raw units, for extra validation callbacks

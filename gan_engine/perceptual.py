@@ -209,6 +209,9 @@ class LPIPS(_FrozenNet):
                ) -> torch.Tensor:
         "LPIPS distance of each pair, shape (B,)."
         check_pair(x, y, ("x", "y"))
+        if min(x.shape[-2:]) < 16:   # four 2x2 max-pools before the last tap
+            raise ValueError(f"Expected images of at least 16 x 16 pixels for LPIPS (VGG-16 halves them 4 times) but got "
+                             f"{x.shape[-2]}x{x.shape[-1]}; validate on larger images (Data.lr_patch_size x Data.scale)")
         fx = self.vgg((x - self.shift) / self.scale)
         fy = self.vgg((y - self.shift) / self.scale)
         d = [F.conv2d((unit_normalise(a) - unit_normalise(b)).square(), getattr(self, f"head{k}")).mean((1, 2, 3))
@@ -296,7 +299,8 @@ class _PerceptualMetric(Metric):
               ) -> None:
         "Add the distances of this batch's image pairs."
         check_pair(preds, target, ("preds", "target"))
-        with torch.no_grad(): v = self.net(self._prep(preds), self._prep(target))
+        with torch.no_grad(), torch.autocast(preds.device.type, enabled=False):   # float32 under mixed precision too
+            v = self.net(self._prep(preds), self._prep(target))
         self.total += v.sum().to(self.total.dtype); self.count += v.numel()
 
     def compute(self) -> torch.Tensor:

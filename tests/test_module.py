@@ -231,7 +231,25 @@ def test_online_degradation_mixes_real_lr_files_at_the_rate(tmp_path, rate):
             real = p == [{"real LR file": True}]
             assert torch.equal(lr[i], files[i]) == real    # the inverted files never come out of the degradation
             kept, made = kept + real, made + (not real)
-    assert (kept, made) == ((0, 24) if rate == 0 else (24, 0) if rate == 1 else (kept, made)) and (rate != 0.5 or 0 < kept < 24)
+    if rate == 0: assert (kept, made) == (0, 24)
+    elif rate == 1: assert (kept, made) == (24, 0)
+    else: assert 0 < kept < 24, kept                   # some of each at 0.5
+
+
+def test_online_validation_keeps_the_lr_files_of_a_paired_split(tmp_path):
+    "Validation split off paired training data: its LR files stay; only items without a file are made by the recipe."
+    hr_dir, lr_dir = _paired_folders(tmp_path)
+    cfg = tiny_config(SAMPLES, [f"Data.train_dir={hr_dir}", f"Data.train_lr_dir={lr_dir}", "Data.val_fraction=0.3", "Data.val_dir=null",
+                                "Data.degradation.online.enabled=true", "Data.degradation.online.validate=true", "Data.repeat=2"])
+    seen = []
+    class Val(L.Callback):
+        def on_validation_batch_start(self, trainer, m, batch, batch_idx, dataloader_idx=0):
+            seen.append((batch["lr"].clone(), [x["lr_source"] for x in batch["meta"]]))
+    module, _ = fit(cfg.override("Training.val_every_n_steps=2"), 2, callbacks=[Val()], num_sanity_val_steps=0)
+    dm = GANDataModule(module.cfg); dm.setup("validate")
+    files = next(iter(dm.val_dataloader()))["lr"]
+    assert seen and all(src is not None for _, srcs in seen for src in srcs)
+    assert torch.equal(seen[0][0], files[:len(seen[0][0])])    # the inverted files, untouched
 
 
 def test_real_lr_rate_needs_paired_files_and_the_online_recipe():

@@ -245,3 +245,15 @@ def test_missing_weight_files_stop_fit_before_anything_is_written(tmp_path):
     with pytest.raises(ConfigError, match=r"'dists' needs its weight files: .*Validation.vgg16_weights"):
         prepare(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_inpainting_validates_with_perceptual_metrics(files, tmp_path):
+    "The inpainting task keeps its own metrics (which take the mask) and gets LPIPS of its composites beside them."
+    from gan_engine.testing import fit_tiny, tiny_config
+    samples = Path(__file__).resolve().parents[1] / "data_samples"
+    cfg = tiny_config(samples, ["Validation.perceptual_metrics=[lpips]", f"Validation.vgg16_weights={files / 'vgg16_tv.pth'}",
+                                f"Validation.lpips_weights={files / 'lpips_vgg.pth'}", "Training.max_steps=2",
+                                "Training.val_every_n_steps=2", "Logging.logger=none", "Data.lr_patch_size=16"], task="inpaint")
+    module, trainer = fit_tiny(cfg, run_dir=tmp_path, num_sanity_val_steps=0)
+    logged = trainer.callback_metrics
+    assert 0 < float(logged["val/lpips"]) < 10 and "val/psnr_hole" in logged
