@@ -212,8 +212,9 @@ SCHEMA["Training"] = {
         "valid_l1_weight": _key(0.1, "float", "inpaint: L1 of the raw generator output outside the hole (mean over kept pixels)", lo=0.0),
         "boundary_tv_weight": _key(0.0, "float", "inpaint: total variation of the composite on the hole and a 1-px ring around it", lo=0.0),
         "perceptual_weight": _key(0.0, "float", "perceptual (VGG feature) loss weight", lo=0.0),
-        "perceptual_metric": _key("vgg", "str", "perceptual network", choices=("vgg", "lpips")),
-        "perceptual_weights": _key(None, "path", "local file with the perceptual network's weights (nothing is downloaded)", nullable=True),
+        "perceptual_metric": _key("vgg", "str", "perceptual network: vgg (VGG-19 features, perceptual_layers) or lpips (LPIPS v0.1 on VGG-16)", choices=("vgg", "lpips")),
+        "perceptual_weights": _key(None, "path", "local file with the perceptual network's weights: VGG-19 for vgg, VGG-16 for lpips; null = torchvision's file in the torch hub cache (nothing is downloaded)", nullable=True),
+        "lpips_weights": _key(None, "path", "perceptual_metric lpips: the LPIPS v0.1 VGG head; null = weights/v0.1/vgg.pth of an installed `lpips` package", nullable=True),
         "perceptual_layers": _key({"relu1_2": 0.1, "relu2_2": 0.1, "relu3_4": 1.0, "relu4_4": 1.0, "relu5_4": 1.0}, "dict", "VGG layers and their weights", open_dict=True),
         "perceptual_bands": _key(None, "list", "3 band indices fed to the perceptual network; null = first 3", nullable=True),
         "feature_matching_weight": _key(0.0, "float", "discriminator feature-matching weight", lo=0.0),
@@ -678,9 +679,6 @@ def _cross_checks(c:dict, problems:list):
         problems.append(f"Schedulers.g_warmup_steps: warm-up ({c['Schedulers']['g_warmup_steps']} / d: "
                         f"{c['Schedulers']['d_warmup_steps']} steps) must end before Training.max_steps "
                         f"({t['max_steps']}) for cosine decay; shorten the warm-up or train longer")
-    if losses["perceptual_weight"] > 0 and losses["perceptual_metric"] == "lpips":
-        problems.append("Training.Losses.perceptual_metric: 'lpips' is not available in this version; use 'vgg' "
-                        "(with a local weights file in Training.Losses.perceptual_weights)")
     _cross_check_validation(c, problems)
     online = d["degradation"]["online"]
     if online["real_lr_rate"] > 0 and (not online["enabled"] or d["train_lr_dir"] is None):

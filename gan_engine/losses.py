@@ -6,13 +6,13 @@ Docs: https://gan-engine.github.io/gan_engine/losses.html.md"""
 
 # %% auto #0
 __all__ = ['MS_SSIM_BETAS', 'VGG19_BLOCKS', 'VGG19_CHANNELS', 'VGG19_LAYERS', 'IMAGENET_MEAN', 'IMAGENET_STD',
-           'DEFAULT_PERCEPTUAL_LAYERS', 'ADV_LOSS_TYPES', 'LOSS_TERMS', 'check_pair', 'l1_loss', 'mse_loss',
-           'charbonnier_loss', 'ssim_loss', 'ms_ssim_loss', 'spectral_angle', 'sam_loss', 'tv_loss',
+           'DEFAULT_PERCEPTUAL_LAYERS', 'PERCEPTUAL_NETWORKS', 'ADV_LOSS_TYPES', 'LOSS_TERMS', 'check_pair', 'l1_loss',
+           'mse_loss', 'charbonnier_loss', 'ssim_loss', 'ms_ssim_loss', 'spectral_angle', 'sam_loss', 'tv_loss',
            'vgg_torchvision_keymap', 'vgg19_torchvision_keymap', 'VGG19Features', 'load_vgg19_weights', 'select_bands',
-           'PerceptualLoss', 'AdversarialLoss', 'gradient_penalty', 'r1_penalty', 'R1Penalty', 'feature_matching_loss',
-           'adversarial_weight', 'gradient_l1_loss', 'fft_l1_loss', 'focal_frequency_loss', 'lowpass_l1_loss',
-           'ldl_artifact_map', 'ldl_loss', 'loss_term_label', 'build_loss_term', 'extra_loss_terms', 'GeneratorLoss',
-           'DiscriminatorLoss']
+           'PerceptualLoss', 'vgg_perceptual_loss', 'AdversarialLoss', 'gradient_penalty', 'r1_penalty', 'R1Penalty',
+           'feature_matching_loss', 'adversarial_weight', 'gradient_l1_loss', 'fft_l1_loss', 'focal_frequency_loss',
+           'lowpass_l1_loss', 'ldl_artifact_map', 'ldl_loss', 'loss_term_label', 'build_loss_term', 'extra_loss_terms',
+           'GeneratorLoss', 'DiscriminatorLoss']
 
 # %% ../nbs/05_losses.ipynb #7c5bf4ea
 import math, re
@@ -295,6 +295,15 @@ class PerceptualLoss(nn.Module):
         with torch.no_grad(): fh = self.vgg(self._prep(hr))
         dist = F.l1_loss if self.distance == "l1" else F.mse_loss
         return sum(w * dist(fs[k], fh[k]) for k, w in self.layer_weights.items())
+
+# %% ../nbs/05_losses.ipynb #cca65912
+PERCEPTUAL_NETWORKS = Registry.of("perceptual network", "Training.Losses.perceptual_metric")  # name -> factory(losses dict) -> module (sr, hr) -> scalar
+
+@PERCEPTUAL_NETWORKS.register("vgg")
+def vgg_perceptual_loss(losses: Mapping, # the Training.Losses section as a dict
+                       ) -> PerceptualLoss:
+    "VGG-19 feature distance from `perceptual_weights`, `perceptual_layers` and `perceptual_bands`."
+    return PerceptualLoss(losses.get("perceptual_weights"), losses.get("perceptual_layers"), losses.get("perceptual_bands"))
 
 # %% ../nbs/05_losses.ipynb #7a2515ea
 ADV_LOSS_TYPES = ("bce", "lsgan", "hinge", "wasserstein")
@@ -580,7 +589,8 @@ class GeneratorLoss(nn.Module):
                  perceptual_weights: str | Path | None = None, # Training.Losses.perceptual_weights (local file)
                  perceptual_layers: Mapping[str, float] | None = None, # Training.Losses.perceptual_layers
                  perceptual_bands: Sequence[int] | None = None, # Training.Losses.perceptual_bands
-                 perceptual_metric: str = "vgg", # Training.Losses.perceptual_metric (only "vgg")
+                 perceptual_metric: str = "vgg", # Training.Losses.perceptual_metric: vgg | lpips (PERCEPTUAL_NETWORKS)
+                 lpips_weights: str | Path | None = None, # Training.Losses.lpips_weights: the LPIPS head for perceptual_metric lpips
                  max_val: float = 1.0, # Training.Losses.max_val (SSIM data range)
                  ssim_win: int = 11, # Training.Losses.ssim_win
                  charbonnier_eps: float = 1e-3, # Training.Losses.charbonnier_eps
@@ -603,9 +613,9 @@ class GeneratorLoss(nn.Module):
         self.adv = AdversarialLoss(adv_loss_type, relativistic)   # label smoothing only concerns D
         self.perceptual = None
         if self.weights["perceptual"]:
-            if str(perceptual_metric).lower() != "vgg":
-                raise ValueError(f"Expected `perceptual_metric` to be 'vgg' but got {perceptual_metric!r} (LPIPS is not available yet)")
-            self.perceptual = PerceptualLoss(perceptual_weights, perceptual_layers, perceptual_bands)
+            self.perceptual = PERCEPTUAL_NETWORKS.get(str(perceptual_metric))(dict(
+                perceptual_weights=perceptual_weights, perceptual_layers=perceptual_layers,
+                perceptual_bands=perceptual_bands, lpips_weights=lpips_weights))
 
     @classmethod
     def from_config(cls, cfg, # validated Config (`gan_engine.config.load_config`)
@@ -614,7 +624,7 @@ class GeneratorLoss(nn.Module):
         L = _losses_section(cfg)
         keys = ["l1_weight", "mse_weight", "charbonnier_weight", "ssim_weight", "ms_ssim_weight", "sam_weight",
                 "tv_weight", "perceptual_weight", "feature_matching_weight", "ldl_weight", "ldl_kernel", "perceptual_weights", "perceptual_layers",
-                "perceptual_bands", "perceptual_metric", "max_val", "ssim_win", "charbonnier_eps", "adv_loss_type"]
+                "perceptual_bands", "perceptual_metric", "lpips_weights", "max_val", "ssim_win", "charbonnier_eps", "adv_loss_type"]
         return cls(**{k: L[k] for k in keys}, relativistic=L["relativistic_average_d"], extra=L.get("extra"), config=cfg)
 
 # %% ../nbs/05_losses.ipynb #4cc16cf3

@@ -41,8 +41,9 @@ def _opensr_defaults(c:dict):
     if losses.get("perceptual_weight", 0.1 if "perceptual_weight" not in losses else 0):   # its default weight is 0.1
         if str(losses.get("perceptual_metric", "vgg")).lower() == "lpips":
             losses["perceptual_metric"] = "vgg"
-            warnings.warn("Training.Losses.perceptual_metric='lpips' is not available in gan_engine (its weights are "
-                          "downloaded); the VGG-19 perceptual loss is used instead", ConfigWarning)
+            warnings.warn("Training.Losses.perceptual_metric='lpips': OpenSR-SRGAN's LPIPS downloads its weights; the VGG-19 "
+                          "perceptual loss is used instead (gan_engine's LPIPS, perceptual_metric lpips, reads a local VGG-16 "
+                          "and LPIPS head: set it back when you have them)", ConfigWarning)
         if "perceptual_layers" not in losses: losses["perceptual_layers"] = {"relu5_4": 1.0}   # its layer
         warnings.warn("Training.Losses.perceptual_weight: the VGG-19 features (relu5_4) are compared with L1 on "
                       "ImageNet-normalised bands here, with MSE on the bands as they are in OpenSR-SRGAN: the same "
@@ -90,8 +91,8 @@ def translate_opensr(c:dict)->dict:
     if isinstance(mt, str) and mt.lower() == "stochastic_gan": c["Generator"]["model_type"] = "opensr_stochastic"
     losses = c.get("Training", {}).get("Losses", {})
     if isinstance(losses, dict) and str(losses.get("perceptual_metric", "")).lower() == "lpips" and losses.get("perceptual_weight", 0):
-        warnings.warn("Training.Losses.perceptual_metric='lpips' needs a local weights file in "
-                      "Training.Losses.perceptual_weights (nothing is downloaded)", ConfigWarning)
+        warnings.warn("Training.Losses.perceptual_metric='lpips' reads local files: a VGG-16 in "
+                      "Training.Losses.perceptual_weights and the LPIPS head in Training.Losses.lpips_weights (nothing is downloaded)", ConfigWarning)
     return c
 
 # %% ../nbs/00b_opensr.ipynb #ca70440f

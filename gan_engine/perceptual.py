@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from .losses import IMAGENET_MEAN, IMAGENET_STD, check_pair, select_bands, vgg_torchvision_keymap
+from .losses import IMAGENET_MEAN, IMAGENET_STD, PERCEPTUAL_NETWORKS, check_pair, select_bands, vgg_torchvision_keymap
 from .pretrained import torch_hub_file
 from .registry import ConfigError
 
@@ -23,8 +23,8 @@ from .registry import ConfigError
 __all__ = ['TORCHVISION_VGG16_FILE', 'LPIPS_HEAD_FILE', 'DISTS_HEAD_FILE', 'VGG16_BLOCKS', 'VGG16_CHANNELS', 'VGG16_TAPS',
            'VGG16_POOLS', 'LPIPS_SHIFT', 'LPIPS_SCALE', 'DISTS_CHANNELS', 'find_vgg16_weights', 'find_lpips_head',
            'find_dists_head', 'vgg16_torchvision_keymap', 'l2_pool', 'VGG16Features', 'load_vgg16_weights',
-           'unit_normalise', 'LPIPS', 'DISTS', 'LPIPSMetric', 'DISTSMetric', 'perceptual_weight_files',
-           'build_perceptual_metrics']
+           'unit_normalise', 'LPIPS', 'DISTS', 'LPIPSMetric', 'DISTSMetric', 'LPIPSLoss', 'lpips_perceptual_loss',
+           'perceptual_weight_files', 'build_perceptual_metrics']
 
 # %% ../nbs/05b_perceptual.ipynb #0765f2fd
 TORCHVISION_VGG16_FILE = "vgg16-397923af.pth"   # the name torchvision's ImageNet VGG-16 is cached under
@@ -315,12 +315,48 @@ class DISTSMetric(_PerceptualMetric):
     "Mean DISTS over validation images of any band count, from local weight files."
     net_class, low = DISTS, 0.0
 
+# %% ../nbs/05b_perceptual.ipynb #6a3ff1a0
+class LPIPSLoss(nn.Module):
+    "LPIPS (VGG-16, v0.1) as a loss: mean distance of the image pairs; the frozen network is never checkpointed."
+    def __init__(self,
+                 vgg_weights: str | Path | None = None, # VGG-16 state_dict; None = torchvision's file in the torch hub cache
+                 head_weights: str | Path | None = None, # lpips' weights/v0.1/vgg.pth; None = from an installed lpips
+                 bands: Sequence[int] | None = None, # 3 band indices (Training.Losses.perceptual_bands); None = first 3
+                 input_range: tuple = (0.0, 1.0), # value range of the (normalised) inputs, mapped to [-1, 1]
+                ):
+        super().__init__()
+        self.bands = None if bands is None else [int(b) for b in bands]
+        self.input_range = (float(input_range[0]), float(input_range[1]))
+        object.__setattr__(self, "net", LPIPS(vgg_weights, head_weights))   # not a registered submodule
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.net._apply(fn)                     # follow .to() / .cuda() of any parent
+        return self
+
+    def forward(self, sr: torch.Tensor, # generated image (B, C, H, W)
+                hr: torch.Tensor, # target image (B, C, H, W)
+               ) -> torch.Tensor:
+        "Mean LPIPS distance; the gradient flows to `sr`."
+        check_pair(sr, hr)
+        lo, hi = self.input_range
+        prep = lambda x: (select_bands(x, self.bands).float() - lo) / (hi - lo) * 2 - 1
+        with torch.no_grad(): y = prep(hr)
+        return self.net(prep(sr), y).mean()
+
+@PERCEPTUAL_NETWORKS.register("lpips")
+def lpips_perceptual_loss(losses: Mapping, # the Training.Losses section as a dict
+                         ) -> LPIPSLoss:
+    "LPIPS from `perceptual_weights` (VGG-16), `lpips_weights` (head) and `perceptual_bands`."
+    return LPIPSLoss(find_vgg16_weights(losses.get("perceptual_weights"), "Training.Losses.perceptual_weights"),
+                     find_lpips_head(losses.get("lpips_weights"), "Training.Losses.lpips_weights"), losses.get("perceptual_bands"))
+
 # %% ../nbs/05b_perceptual.ipynb #f82d09c5
 _HEADS = {"lpips": (find_lpips_head, "Validation.lpips_weights"), "dists": (find_dists_head, "Validation.dists_weights")}
 
 def perceptual_weight_files(cfg, # validated Config
                            )->dict[str, dict[str, Path]]:
-    "`{metric: {'vgg_weights': Path, 'head_weights': Path}}` for `Validation.perceptual_metrics`; a `ConfigError` naming the key of a missing file."
+    "`{metric: {'vgg_weights': Path, 'head_weights': Path}}` for `Validation.perceptual_metrics`; a `ConfigError` naming the key of a missing file (the LPIPS loss's too)."
     v, out, problems = cfg.Validation, {}, []
     for name in v.perceptual_metrics:
         find, key = _HEADS[name]
@@ -328,6 +364,10 @@ def perceptual_weight_files(cfg, # validated Config
             out[name] = {"vgg_weights": find_vgg16_weights(v.vgg16_weights, "Validation.vgg16_weights"),
                          "head_weights": find(getattr(v, key.rpartition(".")[2]), key)}
         except FileNotFoundError as e: problems.append(f"Validation.perceptual_metrics: {name!r} needs its weight files: {e}")
+    L = cfg.Training.Losses
+    if L.perceptual_weight > 0 and L.perceptual_metric == "lpips":   # the LPIPS loss reads its own two files
+        try: find_vgg16_weights(L.perceptual_weights, "Training.Losses.perceptual_weights"); find_lpips_head(L.lpips_weights, "Training.Losses.lpips_weights")
+        except FileNotFoundError as e: problems.append(f"Training.Losses.perceptual_metric: 'lpips' needs its weight files: {e}")
     if problems: raise ConfigError("\n".join(problems))
     return out
 

@@ -66,7 +66,7 @@ PROVIDERS = {  # the module that registers the built-ins of each kind of compone
     "generator": "gan_engine.generators", "discriminator": "gan_engine.discriminators",
     "normaliser": "gan_engine.normalise", "task": "gan_engine.tasks",
     "extra validation callback": "gan_engine.callbacks", "mask kind": "gan_engine.masks",
-    "text encoder": "gan_engine.text"}
+    "text encoder": "gan_engine.text", "perceptual network": "gan_engine.perceptual"}
 
 _REGISTRIES: dict = {}   # kind -> Registry, filled as registries are made
 

@@ -2,6 +2,7 @@
 import math
 
 import pytest
+from gan_engine.registry import ConfigError
 import torch
 import torch.nn as nn
 from torchmetrics.functional.image import (
@@ -358,8 +359,10 @@ def test_zero_weight_terms_never_computed(monkeypatch):
     monkeypatch.undo()
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         GeneratorLoss(perceptual_weight=1.0, perceptual_weights="/nope.pt")
-    with pytest.raises(ValueError, match="perceptual_metric"):
+    with pytest.raises(FileNotFoundError, match="Training.Losses.perceptual_weights"):   # LPIPS: a VGG-16, never downloaded
         GeneratorLoss(perceptual_weight=1.0, perceptual_metric="lpips")
+    with pytest.raises(ConfigError, match="Training.Losses.perceptual_metric: unknown perceptual network 'alex'"):
+        GeneratorLoss(perceptual_weight=1.0, perceptual_metric="alex")
 
 
 def test_generator_adversarial_part_and_feature_matching():

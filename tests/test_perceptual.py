@@ -257,3 +257,23 @@ def test_inpainting_validates_with_perceptual_metrics(files, tmp_path):
     module, trainer = fit_tiny(cfg, run_dir=tmp_path, num_sanity_val_steps=0)
     logged = trainer.callback_metrics
     assert 0 < float(logged["val/lpips"]) < 10 and "val/psnr_hole" in logged
+
+
+def test_lpips_loss_trains_and_its_files_are_checked_before_anything_is_written(files, tmp_path):
+    "Training.Losses.perceptual_metric: lpips, through fit: the term is logged; a missing head stops prepare() naming the key."
+    import math
+    from gan_engine.registry import ConfigError
+    from gan_engine.testing import fit_tiny, tiny_config
+    from gan_engine.trainer import prepare
+    samples = Path(__file__).resolve().parents[1] / "data_samples"
+    over = ["Training.Losses.perceptual_weight=0.5", "Training.Losses.perceptual_metric=lpips",
+            f"Training.Losses.perceptual_weights={files / 'vgg16_tv.pth'}", f"Training.Losses.lpips_weights={files / 'lpips_vgg.pth'}",
+            "Training.max_steps=3", "Logging.logger=none", "Data.lr_patch_size=16"]
+    module, trainer = fit_tiny(tiny_config(samples, over), run_dir=tmp_path / "ok", limit_val_batches=0)
+    v = float(module.train_values["train/perceptual"])
+    assert math.isfinite(v) and v > 0
+    assert not any("net" in k or "vgg" in k for k in module.state_dict())
+    cfg = tiny_config(samples, [*over, f"Training.Losses.lpips_weights={tmp_path / 'none.pth'}", f"Logging.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match=r"'lpips' needs its weight files: .*`Training.Losses.lpips_weights`"):
+        prepare(cfg)
+    assert not (tmp_path / "run").exists()
