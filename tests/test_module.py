@@ -258,3 +258,18 @@ def test_real_lr_rate_needs_paired_files_and_the_online_recipe():
         tiny_config(SAMPLES, ["Data.degradation.online.enabled=true", "Data.degradation.online.real_lr_rate=0.5"])
     with pytest.raises(ConfigError, match="real_lr_rate"):
         tiny_config(SAMPLES, ["Data.degradation.online.real_lr_rate=1.5"])
+
+
+def test_online_degradation_draws_apart_for_each_accumulated_batch():
+    "Generator-only with Lightning's accumulation: the k-th loader batch of a step draws as `part=k` of that step."
+    from gan_engine.degrade import degrade_training_batch
+    cfg = tiny_config(SAMPLES, ["Training.Losses.adv_loss_beta=0", "Training.accumulate_grad_batches=2", "Data.repeat=8",
+                                "Data.degradation.online.enabled=true"])
+    seen = []
+    class Seen(L.Callback):
+        def on_train_batch_start(self, trainer, m, batch, batch_idx): seen.append((m.g_step, batch["hr"].clone(), batch["lr"].clone()))
+    module, _ = fit(cfg, 3, callbacks=[Seen()], **NO_VAL)
+    assert [s for s, _, _ in seen] == [0, 0, 1, 1, 2, 2]
+    for k, (step, hr, lr) in enumerate(seen):
+        expected, _ = degrade_training_batch(hr, module.value_range, 2, cfg.Training.seed, step, module.online_degradation, part=k % 2)
+        assert torch.equal(lr, expected), k
