@@ -111,6 +111,8 @@ def main(argv=None):
     p.add_argument("--lpips-head", help="LPIPS v0.1 VGG head (default: the file in an installed `lpips` package)")
     p.add_argument("--dists-head", help="DISTS alpha/beta file (default: the file in an installed `DISTS_pytorch` package)")
     p.add_argument("--vgg19", help="VGG-19 weights: the GAN also trains with the perceptual loss (Training.Losses.perceptual_*)")
+    p.add_argument("--gan", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override of the GAN run only, e.g. --gan Training.Losses.adv_loss_beta=1e-3 (repeatable)")
     p.add_argument("--keep", help="keep the two runs in this folder (default: a temporary folder)")
     p.add_argument("--quick", action="store_true", help="a few seconds per model and 64-px crops: a smoke run")
     a = p.parse_args(argv)
@@ -129,6 +131,7 @@ def main(argv=None):
         pre = max(1, int(0.6 * n))
         gan = [*GAN, f"Training.g_pretrain_steps={pre}", f"Training.adv_loss_ramp_steps={max(1, n // 10)}"]
         if a.vgg19: gan += ["Training.Losses.perceptual_weight=1.0", f"Training.Losses.perceptual_weights={a.vgg19}"]
+        gan += a.gan
         gan_dir, wall_gan, cpu_gan, _ = train([*COMMON, *gan, *quick, budget], root / "gan")
         m = steps_done(gan_dir)
         print(f"L1 model: {n} generator steps in {wall_l1:.0f} s wall ({cpu_l1:.0f} s CPU); "
