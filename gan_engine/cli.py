@@ -135,25 +135,19 @@ def _preview(cfg:Config, out:Path, online:bool=False, step:int=0)->list[str]:
     return lines
 
 def _preview_degradation(cfg:Config, dm, batches:list, step:int)->list[str]:
-    "Replace the training batch's LR by what generator step `step` makes from its HR (the online recipe); the drawn steps."
-    import torch
-    from gan_engine.degrade import degrade_training_batch, describe_degradation, recipe_from_dict, validation_seeds
+    "Replace the batches' LR by what the online recipe makes (the training batch: generator step `step`); the drawn steps."
+    from gan_engine.degrade import degrade_batch, describe_degradation, recipe_from_dict
     if step < 0: raise ConfigError(f"preview --step: {step} is not a generator step; use 0 or more")
     if cfg.Model.task != "sr":
         raise ConfigError(f"preview --online: the online degradation makes LR images for Model.task 'sr', not {cfg.Model.task!r}")
     if importlib.util.find_spec("kornia") is None:
         raise ConfigError("preview --online: the online degradation needs the `kornia` package (pip install -e \".[degrade]\")")
-    online, b = cfg.Data.degradation.online, batches[0][1]
-    recipe = recipe_from_dict(dict(online.recipe or {}))
-    paired = cfg.Data.train_lr_dir is not None
-    b["lr"], params = degrade_training_batch(b["hr"], dm.value_range, cfg.Data.scale, cfg.Training.seed, step, recipe,
-                                             real_lr=b["lr"] if paired else None, real_lr_rate=online.real_lr_rate if paired else 0.0)
-    if online.validate and len(batches) > 1:   # what validation sees: the recipe with each image's fixed seed, LR files kept
-        v = batches[1][1]
-        metas = [m or {} for m in v.get("meta") or [None] * len(v["hr"])]
-        made, _ = degrade_training_batch(v["hr"], dm.value_range, cfg.Data.scale, cfg.Training.seed, 0, recipe,
-                                         seeds=validation_seeds(cfg.Training.seed, [m.get("index", i) for i, m in enumerate(metas)]))
-        v["lr"] = torch.stack([v["lr"][i] if m.get("lr_source") is not None else made[i] for i, m in enumerate(metas)])
+    online = cfg.Data.degradation.online
+    kw = dict(value_range=dm.value_range, scale=cfg.Data.scale, seed=cfg.Training.seed, recipe=recipe_from_dict(dict(online.recipe or {})))
+    b = batches[0][1]
+    b["lr"], params = degrade_batch(b, step=step, real_lr_rate=online.real_lr_rate, **kw)
+    if online.validate and len(batches) > 1:   # what validation sees: each image with its fixed seed, LR files kept
+        batches[1][1]["lr"] = degrade_batch(batches[1][1], validation=True, **kw)[0]
     return [describe_degradation(p) for p in params]
 
 

@@ -17,7 +17,8 @@ from .registry import ConfigError
 
 # %% auto #0
 __all__ = ['KERNEL_KINDS', 'blur_kernel', 'sinc_kernel', 'StageRecipe', 'DegradationRecipe', 'sample_kernel', 'degrade_online',
-           'recipe_from_dict', 'online_seeds', 'validation_seeds', 'degrade_training_batch', 'describe_degradation']
+           'recipe_from_dict', 'online_seeds', 'validation_seeds', 'degrade_training_batch', 'degrade_batch',
+           'describe_degradation']
 
 # %% ../nbs/01d_degrade.ipynb #3fadb2cb
 KERNEL_KINDS = ("gaussian", "generalized", "plateau")
@@ -314,6 +315,29 @@ def degrade_training_batch(hr:torch.Tensor, # (B,C,H,W) HR crops in raw units
             if float(torch.rand((), generator=torch.Generator().manual_seed(s * 31 + 7))) < real_lr_rate:
                 lr[i], params[i] = real_lr[i].to(lr.dtype), [{"real LR file": True}]
     return lr, params
+
+def degrade_batch(batch:dict, # a collated batch: `hr` (B,C,H,W) raw units, `lr` and `meta` as the dataset gives them
+                  value_range:Sequence[float], # the data's (low, high)
+                  scale:int, # Data.scale
+                  seed:int, # Training.seed
+                  recipe:DegradationRecipe|None=None, # None = Real-ESRGAN's
+                  step:int=0, # training: the generator step whose draws are made
+                  validation:bool=False, # each image with its fixed seed (`validation_seeds`) instead
+                  real_lr_rate:float=0.0, # training: chance that an item with an LR file keeps it
+                  part:int=0, # training: which of the step's loader batches (`online_seeds`)
+                 )->tuple[torch.Tensor, list[list[dict]]]:
+    "The batch's LR made by the recipe; items with an LR file (`meta['lr_source']`) keep it in validation, or at `real_lr_rate` in training."
+    hr = batch["hr"]
+    metas = [m or {} for m in batch.get("meta") or [None] * len(hr)]
+    has_file = ["lr" in batch and m.get("lr_source") is not None for m in metas]
+    if validation:
+        seeds = validation_seeds(seed, [m.get("index", i) for i, m in enumerate(metas)])
+        lr, params = degrade_training_batch(hr, value_range, scale, seed, 0, recipe, seeds=seeds)
+        for i in (i for i, f in enumerate(has_file) if f): lr[i], params[i] = batch["lr"][i], [{"real LR file": True}]
+        return lr, params
+    paired = any(has_file)
+    return degrade_training_batch(hr, value_range, scale, seed, step, recipe, real_lr=batch["lr"] if paired else None,
+                                  real_lr_rate=real_lr_rate if paired else 0.0, part=part)
 
 def describe_degradation(steps:list[dict], # one item's drawn steps (`degrade_online`'s second output)
                         )->str:

@@ -19,7 +19,7 @@ from lightning.fabric.utilities.apply_func import move_data_to_device
 from .config import Config, ConfigError, load_config
 from .steps import StepPlan
 from .data import resolve_value_range
-from .degrade import degrade_training_batch, recipe_from_dict, validation_seeds
+from .degrade import degrade_batch, recipe_from_dict
 from .normalise import build_normalisers
 from .generators import build_generator
 from .discriminators import build_discriminator
@@ -259,21 +259,13 @@ def on_after_batch_transfer(self, batch, dataloader_idx:int):
                       f"[0, 255]), these have {hr.shape[1]} bands in [{lo:g}, {hi:g}]", UserWarning)
         self._jpeg_noted = True
     # item i of generator step t draws from (Training.seed, t, i): a resumed run degrades its steps as the first did
-    metas = [m or {} for m in batch.get("meta") or [None] * len(hr)]
-    if validating:                     # every validation degrades each image the same way; LR files are kept
-        seeds = validation_seeds(self.cfg.Training.seed, [m.get("index", i) for i, m in enumerate(metas)])
-        lr, _ = degrade_training_batch(hr, (lo, hi), self.cfg.Data.scale, self.cfg.Training.seed, 0, self.online_degradation, seeds=seeds)
-        for i, m in enumerate(metas):
-            if m.get("lr_source") is not None: lr[i] = batch["lr"][i]
-        return {**batch, "lr": lr}
+    kw = dict(value_range=(lo, hi), scale=self.cfg.Data.scale, seed=self.cfg.Training.seed, recipe=self.online_degradation)
+    if validating: return {**batch, "lr": degrade_batch(batch, validation=True, **kw)[0]}   # each image alike at every validation
     # this step's loader batches (several under automatic accumulation) and ranks draw apart
     self._degrade_part = self._degrade_part + 1 if getattr(self, "_degrade_step", None) == self.g_step else 0
     self._degrade_step = self.g_step
-    part = self.global_rank * self.plan.batches_per_step + self._degrade_part
-    paired = "lr" in batch and any(m.get("lr_source") is not None for m in metas)
-    lr, self.degradation_params = degrade_training_batch(hr, (lo, hi), self.cfg.Data.scale, self.cfg.Training.seed, self.g_step,
-                                                         self.online_degradation, real_lr=batch["lr"] if paired else None,
-                                                         real_lr_rate=online.real_lr_rate if paired else 0.0, part=part)
+    lr, self.degradation_params = degrade_batch(batch, step=self.g_step, real_lr_rate=online.real_lr_rate,
+                                                part=self.global_rank * self.plan.batches_per_step + self._degrade_part, **kw)
     return {**batch, "lr": lr}
 
 
