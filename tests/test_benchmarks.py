@@ -19,7 +19,8 @@ SMOKE = {   # script -> (arguments of its quick form, lines its output must cont
                               "goal (no lost rows: metrics.csv rows == expected): met"]),
     "prompt_adherence.py": (["--cpu-minutes", "0.2", "--per-spec", "1"],
                             ["GAN (EMA) · held-out", "real renders · seen", "goal (>= 90 % on each attribute"]),
-    "quickstart_quality.py": (["--quick"], ["mean gain over bicubic on 5 held-out photographs:", "goal (>= +1.5 dB mean gain"]),
+    "quickstart_quality.py": (["--quick"], ["mean gain over bicubic on 5 held-out photographs (last checkpoint):",
+                                            "mean gain of the best by val/psnr checkpoint (step=", "goal (>= +1.5 dB mean gain"]),
     "degrade_throughput.py": (["--quick"], ["cpu: ", "images/s (median of 2 batches)"]),
     "realworld_sr.py": (["--quick"], ["GAN - L1 PSNR:", "goal (GAN beats L1 on LPIPS and DISTS within 1 dB PSNR of it"]),
     # with OpenSR-SRGAN absent (CI) it times gan_engine alone and says so; with $OPENSR_PYTHON set it compares
