@@ -20,11 +20,11 @@ bicubic downscaling, clamped to the value range); the model is the run's EMA gen
 bicubic is the task's own baseline (`SRTask.baselines`, clamped); PSNR is the task's metric (`torchmetrics` PSNR
 per image over all bands, data range 0..255, no border crop).
 
-**Checkpoints.** The goal is judged on the run's final EMA generator, `last.ckpt`: what the run ends with and what the
-README's `predict --ckpt runs/.../last.ckpt` commands load. The run's best checkpoint by `val/psnr` (the checkpoint
-callback's choice) is evaluated too when it is another file, and printed below it: the quickstart's validation crops
-are held-back regions of the training photographs, and their PSNR moves by hundredths of a dB after the first few
-hundred steps while the gain on other photographs keeps growing, so that choice is close to a coin toss.
+**Checkpoints.** The goal is judged on the run's final EMA generator, `last.ckpt`: what the run ends with and what
+the README's `predict --ckpt runs/.../last.ckpt` commands load. The run's best checkpoint by `val/psnr` (the checkpoint
+callback's choice; the same weights when that is the final step) is evaluated too and printed below it. The quickstart's
+validation crops are held-back regions of the training photographs, and their PSNR moves by hundredths of a dB after
+the first few hundred steps while the gain on other photographs keeps growing, so that choice is close to a coin toss.
 
 Run from the repository root:
 

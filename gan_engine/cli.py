@@ -29,7 +29,7 @@ def _sr_preset(s:Path)->dict:
                      "lr_patch_size": 32, "train_batch_size": 8, "val_batch_size": 4, "repeat": 8,
                      "num_workers": 1},   # one loader process: 8 % faster steps than none on 2 cores (benchmarks/loader_share.py)
             "Model": {"task": "sr", "in_bands": 3},
-            # residual branches at full scale: EDSR's 0.1-0.2 steadies deep stacks, and only slows four blocks
+            # residual branches at full scale: the 0.1-0.2 that steadies EDSR's and ESRGAN's deep stacks only slows four blocks
             "Generator": {"model_type": "srresnet", "block_type": "res", "n_channels": 32, "n_blocks": 4, "res_scale": 1.0,
                           "global_residual": "bicubic"},
             "Discriminator": {"model_type": "patchgan", "base_channels": 32, "n_blocks": 3},
